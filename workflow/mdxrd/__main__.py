@@ -1,0 +1,5 @@
+import sys
+
+from mdxrd.cli import main
+
+sys.exit(main())
