@@ -1,0 +1,50 @@
+"""``mdxrd check PATH``: check a configuration file or a structure file before anything runs.
+
+A configuration (``.yaml``/``.yml``) is validated with :func:`mdxrd.config.load_config`
+(schema, ranges, grid consistency, every CIF it names); any other file is read as a
+structure with :func:`mdxrd.structure.read_structure`. A bad input prints one line
+naming the file, the field and what is allowed, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def check_path(path: str | Path) -> str:
+    """Check ``path`` (config or structure); return a one-line summary.
+
+    Raises
+    ------
+    mdxrd.config.ConfigError, mdxrd.structure.StructureError
+        What is wrong, naming file and field.
+    """
+    from mdxrd.config import load_config, runs
+    from mdxrd.structure import read_structure
+
+    path = Path(path)
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        config = load_config(path)
+        return f"{path}: OK, {len(config['crystals'])} crystal(s), {len(runs(config))} MD run(s)"
+    structure = read_structure(path)
+    return f"{path}: OK, {structure.composition.reduced_formula}, {len(structure)} atoms per cell"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``mdxrd check``."""
+    p = subparsers.add_parser("check", help="check a config (YAML) or structure (CIF) file")
+    p.add_argument("path", help="config.yaml or a structure file")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from mdxrd.cli import UserError
+    from mdxrd.config import ConfigError
+    from mdxrd.structure import StructureError
+
+    try:
+        print(check_path(args.path))
+    except (ConfigError, StructureError) as err:
+        raise UserError(str(err)) from None
+    return 0

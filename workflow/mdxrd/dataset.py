@@ -1,0 +1,219 @@
+"""Dataset stage: every pattern of the grid, with labels and provenance, as one Parquet file.
+
+One row per pattern: ``kind = "snapshot"`` (one MD snapshot's broadened pattern)
+or ``kind = "average"`` (the run's ensemble average), so a grid of R runs with
+N_s snapshots each has R (N_s + 1) rows. The 2theta grid is stored once, in the
+file's key-value metadata; every row's ``intensity`` (Bragg + thermal diffuse)
+and ``intensity_bragg`` (parent Bragg reflections only) are float32 lists on it.
+
+Columns (units in the names or here):
+
+===================== ======== ===================================================
+kind                  string   "snapshot" or "average"
+crystal, formula      string   crystal name from the config; reduced formula
+space_group           string   Hermann-Mauguin symbol of the (relaxed) unit cell
+space_group_number    int32
+ensemble              string   nvt_langevin, nvt_berendsen, npt_berendsen
+temperature_K         float64  target temperature
+pressure_GPa          float64  target pressure (NPT); null for NVT
+replica               int32
+seed                  int64    the run's random seed
+snapshot              int32    snapshot index in the run; null for averages
+step, time_fs         int64, float64  MD step and time; null for averages
+n_snapshots           int32    snapshots in the run
+T_K                   float64  measured temperature (instantaneous; mean for averages)
+P_GPa                 float64  measured pressure incl. kinetic term (mean for averages)
+a, b, c               float64  parent-cell lattice lengths, Angstrom (supercell / n)
+alpha, beta, gamma    float64  lattice angles, degrees
+volume_A3             float64  parent-cell volume, Angstrom^3
+energy_per_atom_eV    float64  CHGNet potential energy per atom
+tau_corr_fs           float64  velocity autocorrelation time of the run
+interval_too_short    bool     n_interval dt < tau_corr
+supercell             list<int32>  (na, nb, nc)
+n_atoms               int32    atoms in the simulation cell
+intensity             list<float32>  pattern on the 2theta grid, per degree, per parent cell
+intensity_bragg       list<float32>  same, parent Bragg reflections only
+===================== ======== ===================================================
+
+Metadata keys: ``mdxrd.config`` (resolved config, YAML), ``mdxrd.config_sha256``,
+``mdxrd.versions`` (JSON: mdxrd, chgnet, chgnet_model, ase, pymatgen, torch, numpy,
+pyarrow, python), ``mdxrd.two_theta_deg`` (JSON list), ``mdxrd.wavelength_A``,
+``mdxrd.normalization``, ``mdxrd.devices`` (JSON list of the devices the MD ran on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mdxrd.io import atomic_path, read_json
+
+NORMALIZATION = (
+    "Kinematic intensity |F|^2 LP per parent unit cell (electrons^2; |F|^2 of the simulation cell divided by "
+    "(na nb nc)^2), B = 0 (thermal motion is in the coordinates), broadened by a unit-area Gaussian of "
+    "sigma_deg: values are intensity per degree 2theta, and sum(intensity) * step equals the summed reflection "
+    "intensity in the grid. Averages are the mean over a run's snapshots."
+)
+
+
+def schema() -> Any:
+    """The pyarrow schema of the dataset table (without metadata)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("kind", pa.string()), ("crystal", pa.string()), ("formula", pa.string()), ("space_group", pa.string()),
+        ("space_group_number", pa.int32()), ("ensemble", pa.string()), ("temperature_K", pa.float64()),
+        ("pressure_GPa", pa.float64()), ("replica", pa.int32()), ("seed", pa.int64()), ("snapshot", pa.int32()),
+        ("step", pa.int64()), ("time_fs", pa.float64()), ("n_snapshots", pa.int32()), ("T_K", pa.float64()),
+        ("P_GPa", pa.float64()), ("a", pa.float64()), ("b", pa.float64()), ("c", pa.float64()),
+        ("alpha", pa.float64()), ("beta", pa.float64()), ("gamma", pa.float64()), ("volume_A3", pa.float64()),
+        ("energy_per_atom_eV", pa.float64()), ("tau_corr_fs", pa.float64()), ("interval_too_short", pa.bool_()),
+        ("supercell", pa.list_(pa.int32())), ("n_atoms", pa.int32()),
+        ("intensity", pa.list_(pa.float32())), ("intensity_bragg", pa.list_(pa.float32())),
+    ])
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that made the data (and CHGNet's model version)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("mdxrd", "chgnet", "ase", "pymatgen", "torch", "numpy", "pyarrow"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "unknown"
+    out["chgnet_model"] = "0.3.0"  # CHGNet.load() default model, the one the calculators load
+    return out
+
+
+def _snapshot_labels(atoms: Any, supercell: list[int]) -> dict[str, float]:
+    """Measured labels of one snapshot frame: T, P, parent-cell lattice, energy per atom."""
+    from ase import units
+
+    n = len(atoms)
+    e_kin = float(atoms.get_kinetic_energy())
+    temp = 2.0 * e_kin / (3.0 * n * units.kB)
+    volume = float(atoms.get_volume())
+    stress = atoms.get_stress()  # potential part, eV/A^3 (ASE sign: P = -trace/3)
+    pressure = (-float(np.mean(stress[:3])) + 2.0 * e_kin / (3.0 * volume)) / units.GPa
+    a, b, c, alpha, beta, gamma = atoms.cell.cellpar()
+    na, nb, nc = supercell
+    return {"T_K": temp, "P_GPa": pressure, "a": a / na, "b": b / nb, "c": c / nc, "alpha": alpha, "beta": beta,
+            "gamma": gamma, "volume_A3": volume / (na * nb * nc),
+            "energy_per_atom_eV": float(atoms.get_potential_energy()) / n}
+
+
+def build_rows(config: dict[str, Any], results: str | Path) -> tuple[list[dict[str, Any]], np.ndarray, list[str]]:
+    """Collect every row of the grid from the stage outputs under ``results``.
+
+    Returns (rows, two_theta grid (n_grid,) float64, devices used).
+    """
+    from ase.io import read
+
+    from mdxrd.config import runs
+
+    rows: list[dict[str, Any]] = []
+    grid: np.ndarray | None = None
+    devices: set[str] = set()
+    for key in runs(config):
+        info = read_json(key.path("structure_info", results))
+        run = read_json(key.path("run_info", results))
+        summary = read_json(key.path("snapshots_summary", results))
+        devices.add(run["device"])
+        frames = read(str(key.path("snapshots", results)), index=":")
+        patterns = np.load(key.path("patterns", results))
+        average = np.load(key.path("average", results))
+        if grid is None:
+            grid = patterns["two_theta"]
+        if not (np.array_equal(grid, patterns["two_theta"]) and np.array_equal(grid, average["two_theta"])):
+            raise ValueError(f"{key.path('patterns', results)}: 2theta grid differs from the other runs")
+        supercell = list(info["supercell"])
+        common = {
+            "crystal": key.crystal, "formula": info["formula"], "space_group": info["space_group"],
+            "space_group_number": info["space_group_number"], "ensemble": key.ensemble,
+            "temperature_K": key.temperature_K,
+            "pressure_GPa": run["params"]["pressure_GPa"] if key.ensemble.startswith("npt") else None,
+            "replica": key.replica, "seed": run["params"]["seed"], "n_snapshots": len(frames),
+            "tau_corr_fs": summary["tau_corr_fs"], "interval_too_short": summary["interval_too_short"],
+            "supercell": supercell, "n_atoms": run["n_atoms"],
+        }
+        labels = [_snapshot_labels(f, supercell) for f in frames]
+        for i, (frame, lab) in enumerate(zip(frames, labels, strict=True)):
+            rows.append({"kind": "snapshot", **common, "snapshot": i, "step": int(frame.info["step"]),
+                         "time_fs": float(frame.info["time_fs"]), **lab,
+                         "intensity": patterns["intensity"][i].astype(np.float32),
+                         "intensity_bragg": patterns["intensity_bragg"][i].astype(np.float32)})
+        mean = {k: float(np.mean([lab[k] for lab in labels])) for k in labels[0]}
+        rows.append({"kind": "average", **common, "snapshot": None, "step": None, "time_fs": None, **mean,
+                     "intensity": average["intensity"].astype(np.float32),
+                     "intensity_bragg": average["intensity_bragg"].astype(np.float32)})
+    assert grid is not None
+    return rows, grid, sorted(devices)
+
+
+def write_dataset(config: dict[str, Any], results: str | Path, out: str | Path) -> int:
+    """Write the dataset Parquet file ``out`` (atomically) from the stage outputs; return its row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from mdxrd.config import config_hash
+    from mdxrd.xrd import resolve_wavelength
+
+    rows, grid, devices = build_rows(config, results)
+    sch = schema()
+    table = pa.Table.from_pylist(rows, schema=sch)
+    meta = {
+        "mdxrd.config": yaml.safe_dump(config, sort_keys=True),
+        "mdxrd.config_sha256": config_hash(config),
+        "mdxrd.versions": json.dumps(versions(), sort_keys=True),
+        "mdxrd.two_theta_deg": json.dumps(grid.tolist()),
+        "mdxrd.wavelength_A": repr(resolve_wavelength(config["xrd"]["wavelength"])),
+        "mdxrd.normalization": NORMALIZATION,
+        "mdxrd.devices": json.dumps(devices),
+    }
+    table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in meta.items()})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, str(tmp), compression="zstd")
+    return table.num_rows
+
+
+def read_dataset(path: str | Path) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """Read a dataset: (pandas DataFrame, two_theta grid (n_grid,) float64 deg, metadata dict).
+
+    The metadata dict holds ``config`` (parsed YAML), ``versions`` (dict) and the
+    other ``mdxrd.*`` keys as strings.
+    """
+    import pyarrow.parquet as pq
+    import yaml
+
+    table = pq.read_table(path)
+    raw = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"mdxrd.")}
+    meta: dict[str, Any] = {k.removeprefix("mdxrd."): v for k, v in raw.items()}
+    meta["config"] = yaml.safe_load(meta["config"])
+    meta["versions"] = json.loads(meta["versions"])
+    grid = np.asarray(json.loads(meta.pop("two_theta_deg")), dtype=np.float64)
+    return table.to_pandas(), grid, meta
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``mdxrd dataset`` (the workflow's dataset stage)."""
+    p = subparsers.add_parser("dataset", help="dataset stage: all patterns with labels and provenance as Parquet")
+    p.add_argument("--config-json", required=True, help="the resolved configuration as JSON")
+    p.add_argument("--results", default="results", help="results root of the stage outputs")
+    p.add_argument("-o", "--output", required=True, help="output Parquet file")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    import logging
+
+    n = write_dataset(json.loads(args.config_json), args.results, args.output)
+    logging.getLogger(__name__).info("wrote %d rows to %s", n, args.output)
+    return 0

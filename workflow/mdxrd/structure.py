@@ -1,0 +1,235 @@
+"""Structure stage: read a CIF, check it, relax it at 0 K with CHGNet, build the supercell.
+
+Steps
+-----
+1. Read the CIF with pymatgen (``Structure.from_file``: symmetry operators are
+   applied, so the structure is the full, symmetry-expanded cell as published).
+2. Check it: every site fully occupied by one element (CHGNet needs an ordered
+   structure), every element one CHGNet has parameters for (Z = 1..94).
+3. Optionally relax positions and cell at 0 K with the same potential (CHGNet,
+   ASE ``FIRE`` on a ``FrechetCellFilter``, symmetry kept by ``FixSymmetry``) to get
+   the 0 K reference lattice a0 and energy E0.
+4. Build the supercell (na, nb, nc) and refuse it when it exceeds ``max_atoms``.
+
+Outputs: the relaxed unit cell (CIF), the supercell (ASE trajectory, one frame) and
+a JSON record with formula, space group, a0 (a, b, c, alpha, beta, gamma), E0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mdxrd.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+#: Heaviest element with CHGNet parameters (its atom embedding covers Z = 1..94).
+CHGNET_MAX_Z = 94
+
+
+class StructureError(ValueError):
+    """A structure file that cannot be used: unreadable, disordered, unknown element, too big."""
+
+
+def read_structure(path: str | Path) -> Any:
+    """Read and check a crystal structure file (CIF or any format pymatgen reads).
+
+    Parameters
+    ----------
+    path
+        Structure file; CIF symmetry operators are applied (full cell).
+
+    Returns
+    -------
+    pymatgen.core.Structure
+        The ordered structure, as given in the file (no standardisation).
+
+    Raises
+    ------
+    StructureError
+        File missing, not parseable, without sites, with partial occupancies
+        (disordered sites), or with an element CHGNet has no parameters for. The
+        message names the file and what is allowed.
+    """
+    from pymatgen.core import Structure
+
+    path = Path(path)
+    if not path.is_file():
+        raise StructureError(f"{path}: file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_file(str(path))
+    except Exception as err:  # pymatgen raises many types for bad files
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StructureError(f"{path}: not a readable structure file (CIF expected): {msg}") from None
+    if len(structure) == 0:
+        raise StructureError(f"{path}: the structure has no atoms")
+    if not structure.is_ordered:
+        site = next(s for s in structure if not s.is_ordered)
+        raise StructureError(
+            f"{path}: partial occupancies (disordered site {site.species}); CHGNet needs an ordered "
+            "structure: order it first (e.g. pymatgen OrderDisorderedStructureTransformation or an "
+            "enumeration tool) and give the ordered CIF"
+        )
+    bad = sorted({el.symbol for el in structure.composition.elements if not 1 <= el.Z <= CHGNET_MAX_Z})
+    if bad:
+        raise StructureError(
+            f"{path}: element(s) {', '.join(bad)} have no CHGNet parameters (allowed: Z = 1..{CHGNET_MAX_Z}, H to Pu)"
+        )
+    return structure
+
+
+def check_supercell_size(n_atoms_cell: int, supercell: Sequence[int], max_atoms: int, where: str) -> int:
+    """Return the supercell's atom count; raise :class:`StructureError` above ``max_atoms``."""
+    n = n_atoms_cell * int(np.prod(supercell))
+    if n > max_atoms:
+        raise StructureError(
+            f"{where}: supercell {'x'.join(map(str, supercell))} of {n_atoms_cell} atoms would have "
+            f"{n} atoms, more than structure.max_atoms = {max_atoms}"
+        )
+    return n
+
+
+@dataclass(frozen=True)
+class StructureParams:
+    """Parameters of the structure stage.
+
+    Attributes
+    ----------
+    supercell : (na, nb, nc) repetitions of the unit cell.
+    relax : relax positions and cell at 0 K with CHGNet.
+    fmax_eV_per_A : FIRE convergence criterion on forces (and cell, via the filter), eV/Angstrom.
+    relax_max_steps : FIRE step limit.
+    max_atoms : refuse supercells with more atoms.
+    device : torch device for CHGNet ("auto", "cpu", "cuda", "cuda:N").
+    threads : torch CPU threads.
+    """
+
+    supercell: tuple[int, int, int] = (2, 2, 2)
+    relax: bool = True
+    fmax_eV_per_A: float = 0.02
+    relax_max_steps: int = 300
+    max_atoms: int = 512
+    device: str = "auto"
+    threads: int = 1
+
+
+def relax(atoms: Any, fmax_eV_per_A: float, max_steps: int, device: str = "auto") -> tuple[Any, float, int, bool]:
+    """Relax positions and cell of ``atoms`` at 0 K with CHGNet, keeping its space group.
+
+    Uses ASE's FIRE (Bitzek et al., Phys. Rev. Lett. 97, 170201 (2006)) on a
+    ``FrechetCellFilter`` with ``FixSymmetry`` so the cell keeps its symmetry.
+
+    Returns
+    -------
+    (atoms, energy_eV, n_steps, converged)
+        The relaxed copy (constraints removed), its potential energy (eV, whole
+        cell), the FIRE steps taken and whether fmax was reached.
+    """
+    from ase.constraints import FixSymmetry
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    from mdxrd.md import make_calculator
+
+    atoms = atoms.copy()
+    atoms.calc = make_calculator(device=device)
+    atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))
+    opt = FIRE(FrechetCellFilter(atoms), logfile=None)
+    converged = bool(opt.run(fmax=fmax_eV_per_A, steps=max_steps))
+    energy = float(atoms.get_potential_energy())
+    atoms.set_constraint()
+    return atoms, energy, int(opt.nsteps), converged
+
+
+def run_stage(cif: str | Path, cif_out: str | Path, supercell_out: str | Path, info_out: str | Path,
+              name: str, params: StructureParams) -> dict[str, Any]:
+    """Run the structure stage for one crystal and write its three outputs atomically.
+
+    Returns the JSON record (also written to ``info_out``): name, formula,
+    space_group, space_group_number, n_atoms_cell, n_atoms, supercell,
+    lattice a0 (a, b, c in Angstrom; alpha, beta, gamma in degrees), volume_A3 of
+    the unit cell, E0_eV_per_atom, relaxed, relax_steps, relax_converged.
+    """
+    import torch
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    torch.set_num_threads(params.threads)
+    structure = read_structure(cif)
+    check_supercell_size(len(structure), params.supercell, params.max_atoms, f"crystal {name} ({cif})")
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    energy = float("nan")
+    steps, converged = 0, False
+    if params.relax:
+        atoms, energy, steps, converged = relax(atoms, params.fmax_eV_per_A, params.relax_max_steps, params.device)
+        log.info("relaxed %s in %d FIRE steps (converged=%s), E0 = %.6f eV/atom", name, steps, converged,
+                 energy / len(atoms))
+        if not converged:
+            log.warning("relaxation of %s did not reach fmax = %g eV/A in %d steps", name, params.fmax_eV_per_A, steps)
+    relaxed = AseAtomsAdaptor.get_structure(atoms)
+    sga = SpacegroupAnalyzer(relaxed, symprec=1e-3)
+    lat = relaxed.lattice
+    info: dict[str, Any] = {
+        "name": name,
+        "cif": str(cif),
+        "formula": relaxed.composition.reduced_formula,
+        "space_group": sga.get_space_group_symbol(),
+        "space_group_number": int(sga.get_space_group_number()),
+        "n_atoms_cell": len(relaxed),
+        "supercell": list(params.supercell),
+        "n_atoms": len(relaxed) * int(np.prod(params.supercell)),
+        "a0": {"a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta, "gamma": lat.gamma},
+        "volume_A3": lat.volume,
+        "E0_eV_per_atom": energy / len(relaxed) if params.relax else None,
+        "relaxed": params.relax,
+        "relax_steps": steps,
+        "relax_converged": converged if params.relax else None,
+        "params": asdict(params),
+    }
+    sc = atoms.repeat(params.supercell)
+    sc.calc = None
+    sc.info = {"crystal": name, "supercell": list(params.supercell)}
+    with atomic_path(cif_out) as tmp:
+        CifWriter(relaxed).write_file(str(tmp))
+    with atomic_path(supercell_out) as tmp:
+        write(str(tmp), sc, format="traj")
+    write_json(info_out, info)
+    return info
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``mdxrd structure`` (the workflow's structure stage)."""
+    p = subparsers.add_parser("structure", help="structure stage: read, check, relax a CIF, build the supercell")
+    p.add_argument("cif", help="input CIF")
+    p.add_argument("--name", required=True, help="crystal name")
+    p.add_argument("--cif-out", required=True, help="relaxed unit cell (CIF)")
+    p.add_argument("--supercell-out", required=True, help="supercell (ASE .traj)")
+    p.add_argument("--info-out", required=True, help="JSON record")
+    p.add_argument("--params", default="{}", help="JSON object of StructureParams fields")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from mdxrd.cli import UserError
+
+    raw = json.loads(args.params)
+    if "supercell" in raw:
+        raw["supercell"] = tuple(raw["supercell"])
+    try:
+        run_stage(args.cif, args.cif_out, args.supercell_out, args.info_out, args.name, StructureParams(**raw))
+    except StructureError as err:
+        raise UserError(str(err)) from None
+    return 0

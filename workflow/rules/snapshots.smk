@@ -1,0 +1,20 @@
+rule snapshots:
+    input:
+        trajectory=out("trajectory"),
+        velocities=out("velocities"),
+        thermo=out("thermo"),
+    output:
+        snapshots=out("snapshots"),
+        summary=out("snapshots_summary"),
+    log:
+        "logs/snapshots/{crystal}/{ensemble}/{temperature}K/r{replica}.log",
+    params:
+        json=as_json(mdconf.snapshot_params(config)),
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/base.yaml"
+    shell:
+        "{PYTHON} -m mdxrd snapshots --trajectory {input.trajectory:q} --velocities {input.velocities:q}"
+        " --thermo {input.thermo:q} --snapshots-out {output.snapshots:q} --summary-out {output.summary:q}"
+        " --params {params.json:q} > {log:q} 2>&1"

@@ -1,0 +1,19 @@
+rule xrd:
+    input:
+        snapshots=out("snapshots"),
+    output:
+        reflections=out("reflections"),
+        patterns=out("patterns"),
+    log:
+        "logs/xrd/{crystal}/{ensemble}/{temperature}K/r{replica}.log",
+    benchmark:
+        "results/benchmarks/xrd/{crystal}/{ensemble}/{temperature}K/r{replica}.tsv"
+    params:
+        json=lambda wc: as_json(mdconf.xrd_params(config, wc.crystal)),
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/base.yaml"
+    shell:
+        "{PYTHON} -m mdxrd xrd-stage --snapshots {input.snapshots:q} --reflections {output.reflections:q}"
+        " --patterns {output.patterns:q} --params {params.json:q} > {log:q} 2>&1"
