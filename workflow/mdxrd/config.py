@@ -141,23 +141,35 @@ def config_hash(config: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- validation
 
+def _allowed(schema: Any) -> str:
+    """Human-readable allowed values of a (sub)schema: its enum, or its type and bounds."""
+    if not isinstance(schema, dict):
+        return ""
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    if "oneOf" in schema or "anyOf" in schema:
+        return " or ".join(filter(None, (_allowed(s) for s in schema.get("oneOf", schema.get("anyOf", [])))))
+    bounds = [f"{op} {schema[k]}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                                                ("exclusiveMaximum", "<")) if k in schema]
+    return " ".join(filter(None, [f"a {schema['type']}" if "type" in schema else "", ", ".join(bounds)]))
+
+
 def _schema_errors(config: dict[str, Any]) -> Iterator[str]:
     """Validate against the JSON schema with snakemake.utils.validate (defaults filled in place)."""
     import jsonschema
-    from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
     try:
         validate(config, str(SCHEMA_PATH), set_default=True)
-    except WorkflowError as err:
-        verr = next((a for a in err.args if isinstance(a, jsonschema.ValidationError)), None)
+    except Exception as err:  # snakemake wraps the jsonschema error in a WorkflowError
+        verr = next((e for e in (*err.args, err.__cause__, err.__context__)
+                     if isinstance(e, jsonschema.ValidationError)), None)
         if verr is None:
             raise
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in verr.absolute_path).lstrip(".")
         msg = verr.message
-        allowed = verr.schema.get("enum") if isinstance(verr.schema, dict) else None
-        if allowed:
-            msg += f" (allowed: {', '.join(map(str, allowed))})"
+        if verr.validator in ("enum", "oneOf", "anyOf", "type"):
+            msg += f" (allowed: {_allowed(verr.schema)})"
         yield f"{where or '(top level)'}: {msg}"
 
 

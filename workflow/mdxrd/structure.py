@@ -197,7 +197,7 @@ def run_stage(cif: str | Path, cif_out: str | Path, supercell_out: str | Path, i
         "relaxed": params.relax,
         "relax_steps": steps,
         "relax_converged": converged if params.relax else None,
-        "params": asdict(params),
+        "params": {**asdict(params), "supercell": list(params.supercell)},
     }
     sc = atoms.repeat(params.supercell)
     sc.calc = None

@@ -1,0 +1,113 @@
+"""Configuration: the schema and the checks beyond it reject bad input with a message naming the field."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mdxrd.config import ConfigError, load_config, md_params, runs, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def default_raw() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def _with(raw: dict, path: str, value) -> dict:
+    cfg = copy.deepcopy(raw)
+    node = cfg
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node[int(p)] if p.isdigit() else node[p]
+    node[int(last) if last.isdigit() else last] = value
+    return cfg
+
+
+def test_default_config_is_valid_and_resolves_defaults(default_raw, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_config(REPO / "config" / "config.yaml")
+    assert cfg["md"]["timestep_fs"] == 1.0 and cfg["md"]["n_steps"] == 500
+    assert cfg["xrd"]["sigma_deg"] == 0.3 and cfg["xrd"]["wavelength"] == "CuKa1"
+    assert len(runs(cfg)) == 3 * 3 * 2
+
+
+def test_defaults_filled_from_schema(monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = validate_config({"crystals": [{"name": "Si", "cif": "config/structures/Si.cif"}]})
+    assert cfg["md"] == {**cfg["md"], "timestep_fs": 1.0, "n_steps": 500, "n_equil": 100, "n_interval": 50,
+                         "friction_per_fs": 0.01, "taut_fs": 100.0, "taup_fs": 1000.0}
+    assert cfg["crystals"][0]["supercell"] == [2, 2, 2]
+    assert cfg["ensembles"] == ["nvt_langevin", "nvt_berendsen", "npt_berendsen"]
+    p = md_params(cfg, runs(cfg)[0])
+    assert p["pressure_GPa"] == pytest.approx(1.01325e-4) and p["compressibility_per_GPa"] == 0.01
+
+
+@pytest.mark.parametrize(("path", "value", "expect"), [
+    ("md.timestep_fs", 10.0, "md.timestep_fs: 10.0 is greater than the maximum of 5.0"),
+    ("md.timestep_fs", 0.05, "md.timestep_fs: 0.05 is less than the minimum of 0.1"),
+    ("temperatures_K", [0], "temperatures_K[0]: 0 is less than or equal to the minimum of 0"),
+    ("temperatures_K", [-5], "temperatures_K[0]"),
+    ("ensembles", ["nve"], "ensembles[0]: 'nve' is not one of ["),
+    ("crystals.0.supercell", [0, 2, 2], "crystals[0].supercell[0]: 0 is less than the minimum of 1"),
+    ("xrd.sigma_deg", 0.0, "xrd.sigma_deg: 0.0 is less than or equal to the minimum of 0"),
+    ("md.n_interval", 0, "md.n_interval: 0 is less than the minimum of 1"),
+    ("md.n_equil", 500, "md.n_equil: 500 must be smaller than md.n_steps = 500"),
+    ("md.n_interval", 450, "md.n_interval: 450 yields no snapshot; allowed: 1 to md.n_steps - md.n_equil = 400"),
+    ("md.thermostat", 1, "Additional properties are not allowed"),
+    ("xrd.wavelength", "CuKb", "xrd.wavelength"),
+    ("xrd.two_theta_min", 95.0, "xrd.two_theta_min: 95.0 must be below xrd.two_theta_max = 90.0"),
+])
+def test_bad_values_rejected_with_field(default_raw, monkeypatch, path, value, expect):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError) as err:
+        validate_config(_with(default_raw, path, value), "my.yaml")
+    assert str(err.value).startswith("my.yaml: ")
+    assert expect in str(err.value)
+
+
+def test_duplicate_crystal_names(default_raw, monkeypatch):
+    monkeypatch.chdir(REPO)
+    raw = copy.deepcopy(default_raw)
+    raw["crystals"][1]["name"] = "Si"
+    with pytest.raises(ConfigError, match="names must be unique, Si appears more than once"):
+        validate_config(raw, "c.yaml")
+
+
+def test_missing_cif_named(default_raw, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match=r"crystals\[0\] \(Si\)\.cif: nope\.cif: file not found"):
+        validate_config(_with(default_raw, "crystals.0.cif", "nope.cif"), "c.yaml")
+
+
+def test_supercell_too_large(default_raw, monkeypatch):
+    monkeypatch.chdir(REPO)
+    raw = _with(default_raw, "crystals.0.supercell", [5, 5, 5])
+    with pytest.raises(ConfigError, match="would have 1000 atoms, more than structure.max_atoms = 512"):
+        validate_config(raw, "c.yaml")
+
+
+def test_wavelength_outside_range(default_raw, monkeypatch):
+    monkeypatch.chdir(REPO)
+    raw = _with(default_raw, "xrd.wavelength", 12.0)  # 2 sin(45 deg)/12 A < 1/d_max for Si, NaCl, Cu
+    with pytest.raises(ConfigError, match="puts every reflection"):
+        validate_config(raw, "c.yaml")
+
+
+def test_check_cli_exit_codes(tmp_path):
+    good = subprocess.run([sys.executable, "-m", "mdxrd", "check", "config/config.yaml"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert "18 MD run(s)" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "config" / "config.yaml").read_text().replace("timestep_fs: 1.0", "timestep_fs: 9.0"))
+    res = subprocess.run([sys.executable, "-m", "mdxrd", "check", str(bad)], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "md.timestep_fs: 9.0 is greater than the maximum of 5.0" in res.stderr
+    assert "Traceback" not in res.stderr
