@@ -41,6 +41,18 @@ class ConfigError(ValueError):
     """A configuration (or an input it names) that cannot run; the message names file and field."""
 
 
+def prepare_job_environment(package_root: str, python: str) -> None:
+    """Make workflow jobs run ``python -m mdxrd`` from ``package_root`` with interpreter ``python``.
+
+    Prepends ``package_root`` to PYTHONPATH and the directory of ``python`` to PATH
+    (a conda env activated for a rule comes first again, so its python is used there).
+    """
+    import os
+
+    for var, value in (("PYTHONPATH", package_root), ("PATH", os.path.dirname(python))):
+        os.environ[var] = os.pathsep.join(p for p in (value, os.environ.get(var)) if p)
+
+
 def format_temperature(temperature_K: float) -> str:
     """Temperature as it appears in paths and wildcards: ``300``, ``600``, ``312.5``."""
     return f"{float(temperature_K):g}"

@@ -12,5 +12,5 @@ rule average:
     conda:
         "../../envs/base.yaml"
     shell:
-        "{PYTHON} -m mdxrd average --reflections {input.reflections:q} --average-out {output.average:q}"
+        "python -m mdxrd average --reflections {input.reflections:q} --average-out {output.average:q}"
         " --params {params.json:q} > {log:q} 2>&1"

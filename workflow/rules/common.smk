@@ -7,15 +7,15 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-_PKG_ROOT = str(Path(workflow.basedir) / "workflow")
+_PKG_ROOT = os.path.join(workflow.basedir, "workflow")
 if _PKG_ROOT not in sys.path:
     sys.path.insert(0, _PKG_ROOT)
-# Jobs (local, conda or cluster) import the same package source.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (_PKG_ROOT, os.environ.get("PYTHONPATH")) if p
-)
 
 from mdxrd import config as mdconf  # noqa: E402
+
+# Jobs (local, conda or cluster) import this package source and call `python -m mdxrd`:
+# without --sdm conda that python is this interpreter, with it the rule env's python.
+mdconf.prepare_job_environment(_PKG_ROOT, sys.executable)
 
 _CONFIG_SOURCE = ", ".join(map(str, workflow.overwrite_configfiles or [])) or "config/config.yaml"
 try:
@@ -28,15 +28,7 @@ config.clear()
 config.update(_resolved)
 
 RUNS = mdconf.runs(config)
-DATASET = "results/" + mdconf.LAYOUT["dataset"]
-
-# With --sdm conda each job runs `python` of its rule's env; otherwise this interpreter.
-_USE_CONDA = any(
-    getattr(m, "name", str(m)).upper() == "CONDA"
-    for m in (workflow.deployment_settings.deployment_method or [])
-)
-PYTHON = "python" if _USE_CONDA else sys.executable
-
+DATASET = f"results/{mdconf.LAYOUT['dataset']}"
 
 wildcard_constraints:
     crystal=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
@@ -47,7 +39,7 @@ wildcard_constraints:
 
 def out(kind):
     """Output path template of `kind` (a key of mdxrd.config.LAYOUT) under results/."""
-    return "results/" + mdconf.LAYOUT[kind]
+    return f"results/{mdconf.LAYOUT[kind]}"
 
 
 def run_key(wildcards):
@@ -86,3 +78,9 @@ def _atoms_per_cell(name):
 
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
+
+
+def dataset_inputs(wildcards):
+    """Every per-run output the dataset stage reads."""
+    kinds = ("structure_info", "run_info", "snapshots", "snapshots_summary", "patterns", "average")
+    return [str(key.path(kind)) for key in RUNS for kind in kinds]

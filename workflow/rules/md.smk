@@ -19,5 +19,5 @@ rule md:
     conda:
         "../../envs/chgnet.yaml"
     shell:
-        "{PYTHON} -m mdxrd md {input.supercell:q} --out-dir {params.out_dir:q} --params {params.json:q}"
+        "python -m mdxrd md {input.supercell:q} --out-dir {params.out_dir:q} --params {params.json:q}"
         " > {log:q} 2>&1"

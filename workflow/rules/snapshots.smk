@@ -15,6 +15,6 @@ rule snapshots:
     conda:
         "../../envs/base.yaml"
     shell:
-        "{PYTHON} -m mdxrd snapshots --trajectory {input.trajectory:q} --velocities {input.velocities:q}"
+        "python -m mdxrd snapshots --trajectory {input.trajectory:q} --velocities {input.velocities:q}"
         " --thermo {input.thermo:q} --snapshots-out {output.snapshots:q} --summary-out {output.summary:q}"
         " --params {params.json:q} > {log:q} 2>&1"

@@ -17,6 +17,6 @@ rule structure:
     conda:
         "../../envs/chgnet.yaml"
     shell:
-        "{PYTHON} -m mdxrd structure {input.cif:q} --name {wildcards.crystal:q} --cif-out {output.cif:q}"
+        "python -m mdxrd structure {input.cif:q} --name {wildcards.crystal:q} --cif-out {output.cif:q}"
         " --supercell-out {output.supercell:q} --info-out {output.info:q} --params {params.json:q}"
         " > {log:q} 2>&1"

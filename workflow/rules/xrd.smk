@@ -15,5 +15,5 @@ rule xrd:
     conda:
         "../../envs/base.yaml"
     shell:
-        "{PYTHON} -m mdxrd xrd-stage --snapshots {input.snapshots:q} --reflections {output.reflections:q}"
+        "python -m mdxrd xrd-stage --snapshots {input.snapshots:q} --reflections {output.reflections:q}"
         " --patterns {output.patterns:q} --params {params.json:q} > {log:q} 2>&1"

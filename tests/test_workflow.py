@@ -1,0 +1,107 @@
+"""The Snakemake workflow: dry-run of the default grid, and a tiny end-to-end run to a Parquet dataset."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from mdxrd.config import config_hash, validate_config
+from mdxrd.dataset import read_dataset, schema
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    table = output[output.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+
+
+def test_dry_run_default_config_lists_the_grid():
+    res = subprocess.run([*SNAKEMAKE, "-n", "--cores", "2"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr + res.stdout
+    counts = _job_counts(res.stdout)
+    runs = 3 * 3 * 2  # crystals x ensembles x temperatures
+    assert counts == {"structure": 3, "md": runs, "snapshots": runs, "xrd": runs, "average": runs,
+                      "dataset": 1, "all": 1, "total": 3 + 4 * runs + 2}
+
+
+def test_lint_is_clean():
+    res = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0 and "Congratulations" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+    cfg["md"]["n_equil"] = 50
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
+                          str(tmp_path / "c.yaml"), "--cores", "1"], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "md.n_equil: 50 must be smaller than md.n_steps = 20" in res.stderr + res.stdout
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The .test config (Cu 2x2x2, NVT-Langevin and NPT-Berendsen, 20 CHGNet steps) run through Snakemake."""
+    work = tmp_path_factory.mktemp("tiny")
+    cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+    for c in cfg["crystals"]:
+        c["cif"] = str(REPO / c["cif"])
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
+                          str(work / "config.yaml"), "--cores", "2"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-5000:]
+    resolved = validate_config(cfg, "tiny")
+    return work, resolved
+
+
+@pytest.mark.slow
+def test_tiny_run_dataset(tiny_run):
+    work, config = tiny_run
+    path = work / "results" / "dataset" / "patterns.parquet"
+    df, grid, meta = read_dataset(path)
+    n_runs, n_snap = 2, len(range(10 + 5, 20 + 1, 5))
+    assert len(df) == n_runs * (n_snap + 1)
+    assert (df.kind == "average").sum() == n_runs
+    assert sorted(df.ensemble.unique()) == ["npt_berendsen", "nvt_langevin"]
+    # grid stored once, patterns on it
+    assert grid[0] == 20.0 and grid[-1] == pytest.approx(80.0) and np.allclose(np.diff(grid), 0.05)
+    assert all(len(x) == len(grid) for x in df.intensity) and all(len(x) == len(grid) for x in df.intensity_bragg)
+    # Bragg-only is part of the total
+    for tot, bragg in zip(df.intensity, df.intensity_bragg):
+        assert np.all(np.asarray(bragg) <= np.asarray(tot) * (1 + 1e-5) + 1e-3)
+    # averages are the mean of their snapshots (float32 storage)
+    for _, run in df.groupby("ensemble"):
+        snaps = np.stack(run[run.kind == "snapshot"].intensity.to_numpy())
+        avg = np.asarray(run[run.kind == "average"].intensity.iloc[0])
+        np.testing.assert_allclose(avg, snaps.mean(axis=0), rtol=1e-4, atol=1e-3 * avg.max())
+    # NVT keeps the cell, NPT moves it
+    nvt = df[(df.ensemble == "nvt_langevin") & (df.kind == "snapshot")]
+    npt = df[(df.ensemble == "npt_berendsen") & (df.kind == "snapshot")]
+    assert nvt.volume_A3.nunique() == 1 and npt.volume_A3.nunique() == n_snap
+    assert set(nvt.step) == {15, 20} and npt.pressure_GPa.notna().all() and nvt.pressure_GPa.isna().all()
+    assert df.seed.nunique() == n_runs
+    # provenance round-trips
+    assert meta["config"] == config
+    assert meta["config_sha256"] == config_hash(config)
+    assert {"mdxrd", "chgnet", "chgnet_model", "ase", "pymatgen", "torch", "numpy"} <= set(meta["versions"])
+    assert float(meta["wavelength_A"]) == 1.5406
+    assert pq.read_schema(path).remove_metadata().equals(schema())
+
+
+@pytest.mark.slow
+def test_tiny_run_logs_and_benchmarks(tiny_run):
+    work, _ = tiny_run
+    md_logs = list((work / "logs" / "md").rglob("*.log"))
+    assert len(md_logs) == 2 and all("steps of 32 atoms" in p.read_text() for p in md_logs)
+    assert len(list((work / "results" / "benchmarks" / "md").rglob("*.tsv"))) == 2
+    assert len(list((work / "results" / "benchmarks" / "xrd").rglob("*.tsv"))) == 2
