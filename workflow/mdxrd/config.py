@@ -113,6 +113,7 @@ def md_params(config: dict[str, Any], key: RunKey) -> dict[str, Any]:
         "device": md["device"],
         "threads": md["threads"],
         "calculator": md["calculator"],
+        "npt_integrator": md["npt_integrator"],
     }
 
 

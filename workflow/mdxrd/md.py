@@ -8,7 +8,9 @@ Ensembles (METHOD.md, "Ensembles"; all integrators are ASE's unless stated):
   integrator as implemented in ASE).
 * ``nvt_berendsen`` -- ``ase.md.NVTBerendsen``: velocities scaled each step by
   lambda = sqrt(1 + (dt/tau_T)(T0/T - 1)) (Berendsen et al., J. Chem. Phys. 81, 3684 (1984)).
-* ``npt_berendsen`` -- isotropic Berendsen barostat on top: cell and positions
+* ``npt_berendsen`` -- isotropic Berendsen barostat on top (by default
+  :class:`mdxrd.integrators.NPTBerendsenOneForce`, one force evaluation per
+  step; ASE's NPTBerendsen, which evaluates forces twice, on request): cell and positions
   scaled by mu = (1 - kappa (dt/tau_P)(P0 - P))^(1/3), kappa the isothermal
   compressibility, given explicitly (CHGNet's own MolecularDynamics fits an EOS
   for it instead, and has no Langevin).
@@ -93,7 +95,10 @@ class MDParams:
     seed : seed of the run's random generator (initial velocities, Langevin noise).
     device : torch device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N".
     threads : torch CPU threads (1 is bit-reproducible and fastest per core under load).
-    calculator : "stock" (chgnet's CHGNetCalculator) or "fast" (inference-only, mdxrd.calculator).
+    calculator : "fast" (inference-only, :class:`mdxrd.calculator.FastCHGNetCalculator`) or "stock"
+        (chgnet's CHGNetCalculator).
+    npt_integrator : "mdxrd" (:class:`mdxrd.integrators.NPTBerendsenOneForce`, one force call per
+        step) or "ase" (ASE's NPTBerendsen, two force calls per step).
     max_temperature_ratio : the run fails when T exceeds this multiple of T0 (runaway).
     min_distance_A : the run fails when two atoms come closer than this (Angstrom).
     """
@@ -113,7 +118,8 @@ class MDParams:
     seed: int = 0
     device: str = "auto"
     threads: int = 1
-    calculator: str = "stock"
+    calculator: str = "fast"
+    npt_integrator: str = "mdxrd"
     max_temperature_ratio: float = 5.0
     min_distance_A: float = 0.5
 
@@ -123,6 +129,10 @@ class MDParams:
             raise ValueError(f"temperature_K must be > 0, got {self.temperature_K}")
         if not 0 <= self.n_equil < self.n_steps:
             raise ValueError(f"need 0 <= n_equil < n_steps, got n_equil={self.n_equil}, n_steps={self.n_steps}")
+        if self.calculator not in ("fast", "stock"):
+            raise ValueError(f"calculator must be 'fast' or 'stock', got {self.calculator!r}")
+        if self.npt_integrator not in ("mdxrd", "ase"):
+            raise ValueError(f"npt_integrator must be 'mdxrd' or 'ase', got {self.npt_integrator!r}")
         if self.n_interval < 1 or self.n_equil + self.n_interval > self.n_steps:
             raise ValueError(
                 f"n_interval={self.n_interval} gives no snapshot: need 1 <= n_interval <= n_steps - n_equil "
@@ -145,28 +155,6 @@ def run_seed(global_seed: int, crystal: str, ensemble: str, temperature_K: float
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
 
 
-def resolve_device(device: str = "auto") -> str:
-    """Return "cuda" when ``device`` is "auto" and a GPU is visible, "cpu" when none; else ``device``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def make_calculator(kind: str = "stock", device: str = "auto") -> Any:
-    """Return an ASE calculator for CHGNet on ``device`` ("stock" or "fast", see :class:`MDParams`)."""
-    if kind == "fast":
-        from mdxrd.calculator import make_calculator as make_fast
-
-        return make_fast("fast", device=resolve_device(device))
-    if kind != "stock":
-        raise ValueError(f"calculator must be 'stock' or 'fast', got {kind!r}")
-    from chgnet.model.dynamics import CHGNetCalculator
-
-    return CHGNetCalculator(use_device=resolve_device(device))
-
-
 def make_dynamics(atoms: Any, params: MDParams, rng: np.random.Generator) -> Any:
     """Build the ASE integrator of ``params.ensemble`` for ``atoms`` (ASE units converted from fs, GPa)."""
     from ase import units
@@ -185,7 +173,10 @@ def make_dynamics(atoms: Any, params: MDParams, rng: np.random.Generator) -> Any
         from ase.md.nvtberendsen import NVTBerendsen
 
         return NVTBerendsen(atoms, dt, temperature_K=params.temperature_K, taut=params.taut_fs * units.fs)
-    from ase.md.nptberendsen import NPTBerendsen
+    if params.npt_integrator == "mdxrd":
+        from mdxrd.integrators import NPTBerendsenOneForce as NPTBerendsen
+    else:
+        from ase.md.nptberendsen import NPTBerendsen
 
     return NPTBerendsen(atoms, dt, temperature_K=params.temperature_K, taut=params.taut_fs * units.fs,
                         pressure_au=params.pressure_GPa * units.GPa, taup=params.taup_fs * units.fs,
@@ -239,12 +230,14 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
     import torch
     from ase import units
     from ase.io.trajectory import Trajectory
+
+    from mdxrd.calculator import make_calculator, resolve_device
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     torch.set_num_threads(params.threads)
     out_dir = Path(out_dir)
     atoms = atoms.copy()
-    atoms.calc = calc if calc is not None else make_calculator(params.calculator, params.device)
+    atoms.calc = calc if calc is not None else make_calculator(params.calculator, device=params.device)
     rng = np.random.default_rng(params.seed)
     thermalize_momenta(atoms, params.temperature_K, rng=rng)
     Stationary(atoms)

@@ -140,10 +140,10 @@ def relax(atoms: Any, fmax_eV_per_A: float, max_steps: int, device: str = "auto"
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
 
-    from mdxrd.md import make_calculator
+    from mdxrd.calculator import make_calculator
 
     atoms = atoms.copy()
-    atoms.calc = make_calculator(device=device)
+    atoms.calc = make_calculator("fast", device=device)
     atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))
     opt = FIRE(FrechetCellFilter(atoms), logfile=None)
     converged = bool(opt.run(fmax=fmax_eV_per_A, steps=max_steps))
