@@ -28,6 +28,13 @@ generator, with zero total momentum, rescaled to exactly T. Outputs:
 * ``velocities.npy``: float64 (n_steps - n_equil + 1, N, 3) velocities in
   Angstrom/fs from step n_equil to n_steps, for the velocity autocorrelation time.
 * ``run.json``: seed, device, threads, calculator, timing and versions.
+
+Checkpoints: every ``checkpoint_interval`` steps the whole state (positions,
+momenta, cell, step, random generator state and the records gathered so far) is
+written atomically to ``checkpoint.pkl`` in the output directory. A rerun of a
+killed job with the same parameters resumes from it; with one torch thread the
+resumed run is bit-identical to an uninterrupted one. The checkpoint is removed
+once the outputs are written.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,6 +109,8 @@ class MDParams:
         step) or "ase" (ASE's NPTBerendsen, two force calls per step).
     max_temperature_ratio : the run fails when T exceeds this multiple of T0 (runaway).
     min_distance_A : the run fails when two atoms come closer than this (Angstrom).
+    checkpoint_interval : write the full state every this many steps (0: never) so a killed
+        run resumes where it stopped.
     """
 
     ensemble: Ensemble
@@ -122,6 +132,7 @@ class MDParams:
     npt_integrator: str = "mdxrd"
     max_temperature_ratio: float = 5.0
     min_distance_A: float = 0.5
+    checkpoint_interval: int = 100
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ensemble", Ensemble(self.ensemble))
@@ -230,9 +241,9 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
     import torch
     from ase import units
     from ase.io.trajectory import Trajectory
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     from mdxrd.calculator import make_calculator, resolve_device
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     torch.set_num_threads(params.threads)
     out_dir = Path(out_dir)
@@ -249,6 +260,29 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
     thermo: list[tuple[float, ...]] = []
     velocities: list[np.ndarray] = []
     frames: list[Any] = []
+    checkpoint = out_dir / "checkpoint.pkl"
+    key = {**asdict(params), "ensemble": params.ensemble.value, "n_atoms": n}
+    if checkpoint.is_file():
+        with open(checkpoint, "rb") as fh:
+            state = pickle.load(fh)
+        if state["params"] == key:
+            atoms.set_cell(state["cell"], scale_atoms=False)
+            atoms.set_positions(state["positions"], apply_constraint=False)
+            atoms.set_momenta(state["momenta"], apply_constraint=False)
+            rng.bit_generator.state = state["rng_state"]
+            thermo, velocities, frames = state["thermo"], state["velocities"], state["frames"]
+            dyn.nsteps = state["step"]
+            log.info("resuming from %s at step %d", checkpoint, state["step"])
+        else:
+            log.warning("ignoring %s: written with other parameters", checkpoint)
+
+    def write_checkpoint(step: int) -> None:
+        state = {"params": key, "step": step, "cell": atoms.cell.array.copy(),
+                 "positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
+                 "rng_state": rng.bit_generator.state, "thermo": thermo, "velocities": velocities,
+                 "frames": frames}
+        with atomic_path(checkpoint) as tmp, open(tmp, "wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
     def observe() -> None:
         step = dyn.nsteps
@@ -275,15 +309,21 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
             frame.info = {"step": step, "time_fs": step * params.timestep_fs}
             frame.calc = _single_point(atoms)
             frames.append(frame)
+        if params.checkpoint_interval and 0 < step < params.n_steps and step % params.checkpoint_interval == 0:
+            write_checkpoint(step)
 
     dyn.attach(observe, interval=1)
     t0 = time.perf_counter()
-    dyn.run(params.n_steps)
+    start = dyn.nsteps
+    try:
+        dyn.run(params.n_steps - start)
+    except MDError:
+        checkpoint.unlink(missing_ok=True)  # a run that blew up is not resumed
+        raise
     wall = time.perf_counter() - t0
     log.info("%s %g K: %d steps of %d atoms in %.1f s (%.3f s/step)", params.ensemble.value,
-             params.temperature_K, params.n_steps, n, wall, wall / params.n_steps)
+             params.temperature_K, params.n_steps - start, n, wall, wall / max(1, params.n_steps - start))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "thermo.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["step", "time_fs", "T_K", "E_pot_eV", "E_kin_eV", "E_tot_eV", "P_GPa", "volume_A3"])
@@ -300,10 +340,12 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         "device": resolve_device(params.device),
         "torch_threads": torch.get_num_threads(),
         "wall_s": wall,
-        "s_per_step": wall / params.n_steps,
+        "s_per_step": wall / max(1, params.n_steps - start),
+        "resumed_from_step": start,
         "calculator": type(atoms.calc).__name__,
     }
     write_json(out_dir / "run.json", record)
+    checkpoint.unlink(missing_ok=True)
     return record
 
 
