@@ -25,7 +25,8 @@ def _job_counts(output: str) -> dict[str, int]:
 
 
 def test_dry_run_default_config_lists_the_grid():
-    res = subprocess.run([*SNAKEMAKE, "-n", "--cores", "2"], cwd=REPO, capture_output=True, text=True)
+    # --forceall: as on a fresh clone, whatever results/ this checkout already holds
+    res = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--cores", "2"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr + res.stdout
     counts = _job_counts(res.stdout)
     runs = 3 * 3 * 2  # crystals x ensembles x temperatures
@@ -49,10 +50,8 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The .test config (Cu 2x2x2, NVT-Langevin and NPT-Berendsen, 20 CHGNet steps) run through Snakemake."""
-    work = tmp_path_factory.mktemp("tiny")
+def _run_tiny(work: Path) -> dict:
+    """Run the .test config (Cu 2x2x2, NVT-Langevin and NPT-Berendsen, 20 CHGNet steps) in ``work``."""
     cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
     for c in cfg["crystals"]:
         c["cif"] = str(REPO / c["cif"])
@@ -60,8 +59,26 @@ def tiny_run(tmp_path_factory):
     res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
                           str(work / "config.yaml"), "--cores", "2"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-5000:]
-    resolved = validate_config(cfg, "tiny")
-    return work, resolved
+    return validate_config(cfg, "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tiny")
+    return work, _run_tiny(work)
+
+
+def _content_hash(path: Path) -> str:
+    """SHA-256 of the table content (every column's values, not the file bytes or metadata)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    table = pq.read_table(path).replace_schema_metadata(None)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table.combine_chunks())
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
 @pytest.mark.slow
@@ -105,3 +122,32 @@ def test_tiny_run_logs_and_benchmarks(tiny_run):
     assert len(md_logs) == 2 and all("steps of 32 atoms" in p.read_text() for p in md_logs)
     assert len(list((work / "results" / "benchmarks" / "md").rglob("*.tsv"))) == 2
     assert len(list((work / "results" / "benchmarks" / "xrd").rglob("*.tsv"))) == 2
+
+
+@pytest.mark.slow
+def test_regeneration_is_bit_identical(tiny_run, tmp_path):
+    """Deleting results and rerunning the same config on the same machine gives the same table."""
+    work, _ = tiny_run
+    _run_tiny(tmp_path)
+    name = Path("results") / "dataset" / "patterns.parquet"
+    assert _content_hash(work / name) == _content_hash(tmp_path / name)
+
+
+@pytest.mark.slow
+def test_drop_melted_runs(tiny_run, tmp_path):
+    import shutil
+
+    from mdxrd.dataset import write_dataset
+    from mdxrd.io import read_json, write_json
+
+    work, config = tiny_run
+    shutil.copytree(work / "results", tmp_path / "results")
+    df, _, _ = read_dataset(work / "results" / "dataset" / "patterns.parquet")
+    assert not df.melted.any() and (df.lindemann_ratio < 0.1).all() and (df.lindemann_ratio > 0).all()
+    summary = next((tmp_path / "results" / "snapshots" / "Cu" / "npt_berendsen").rglob("summary.json"))
+    write_json(summary, {**read_json(summary), "melted": True})
+    kept = write_dataset(config, tmp_path / "results", tmp_path / "keep.parquet")
+    assert kept == len(df) and read_dataset(tmp_path / "keep.parquet")[0].melted.sum() == 3
+    dropped = write_dataset({**config, "dataset": {"drop_melted": True}}, tmp_path / "results", tmp_path / "d.parquet")
+    assert dropped == len(df) - 3
+    assert set(read_dataset(tmp_path / "d.parquet")[0].ensemble) == {"nvt_langevin"}

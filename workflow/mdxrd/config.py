@@ -109,6 +109,7 @@ def md_params(config: dict[str, Any], key: RunKey) -> dict[str, Any]:
         "pressure_GPa": md["pressure_GPa"],
         "compressibility_per_GPa": xtal.get("compressibility_per_GPa", md["compressibility_per_GPa"]),
         "thermo_interval": md["thermo_interval"],
+        "checkpoint_interval": md["checkpoint_interval"],
         "seed": run_seed(config["seed"], key.crystal, key.ensemble, key.temperature_K, key.replica),
         "device": md["device"],
         "threads": md["threads"],
@@ -128,7 +129,8 @@ def structure_params(config: dict[str, Any], name: str) -> dict[str, Any]:
 def snapshot_params(config: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :func:`mdxrd.snapshots.run_stage`."""
     md = config["md"]
-    return {k: md[k] for k in ("n_steps", "n_equil", "n_interval", "timestep_fs")}
+    return {**{k: md[k] for k in ("n_steps", "n_equil", "n_interval", "timestep_fs")},
+            "lindemann_threshold": config["snapshots"]["lindemann_threshold"]}
 
 
 def xrd_params(config: dict[str, Any], name: str | None = None) -> dict[str, Any]:

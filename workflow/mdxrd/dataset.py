@@ -29,6 +29,8 @@ volume_A3             float64  parent-cell volume, Angstrom^3
 energy_per_atom_eV    float64  CHGNet potential energy per atom
 tau_corr_fs           float64  velocity autocorrelation time of the run
 interval_too_short    bool     n_interval dt < tau_corr
+lindemann_ratio       float64  sqrt(<u^2>)/d_nn of the run (u along one direction)
+melted                bool     lindemann_ratio above snapshots.lindemann_threshold
 supercell             list<int32>  (na, nb, nc)
 n_atoms               int32    atoms in the simulation cell
 intensity             list<float32>  pattern on the 2theta grid, per degree, per parent cell
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,8 @@ from typing import Any
 import numpy as np
 
 from mdxrd.io import atomic_path, read_json
+
+log = logging.getLogger(__name__)
 
 NORMALIZATION = (
     "Kinematic intensity |F|^2 LP per parent unit cell (electrons^2; |F|^2 of the simulation cell divided by "
@@ -73,6 +78,7 @@ def schema() -> Any:
         ("P_GPa", pa.float64()), ("a", pa.float64()), ("b", pa.float64()), ("c", pa.float64()),
         ("alpha", pa.float64()), ("beta", pa.float64()), ("gamma", pa.float64()), ("volume_A3", pa.float64()),
         ("energy_per_atom_eV", pa.float64()), ("tau_corr_fs", pa.float64()), ("interval_too_short", pa.bool_()),
+        ("lindemann_ratio", pa.float64()), ("melted", pa.bool_()),
         ("supercell", pa.list_(pa.int32())), ("n_atoms", pa.int32()),
         ("intensity", pa.list_(pa.float32())), ("intensity_bragg", pa.list_(pa.float32())),
     ])
@@ -121,10 +127,15 @@ def build_rows(config: dict[str, Any], results: str | Path) -> tuple[list[dict[s
     rows: list[dict[str, Any]] = []
     grid: np.ndarray | None = None
     devices: set[str] = set()
+    drop_melted = config.get("dataset", {}).get("drop_melted", False)
     for key in runs(config):
         info = read_json(key.path("structure_info", results))
         run = read_json(key.path("run_info", results))
         summary = read_json(key.path("snapshots_summary", results))
+        if drop_melted and summary["melted"]:
+            log.warning("dropping %s: melted (Lindemann ratio %.3f)", key.path("snapshots", results).parent,
+                        summary["lindemann_ratio"])
+            continue
         devices.add(run["device"])
         frames = read(str(key.path("snapshots", results)), index=":")
         patterns = np.load(key.path("patterns", results))
@@ -141,6 +152,7 @@ def build_rows(config: dict[str, Any], results: str | Path) -> tuple[list[dict[s
             "pressure_GPa": run["params"]["pressure_GPa"] if key.ensemble.startswith("npt") else None,
             "replica": key.replica, "seed": run["params"]["seed"], "n_snapshots": len(frames),
             "tau_corr_fs": summary["tau_corr_fs"], "interval_too_short": summary["interval_too_short"],
+            "lindemann_ratio": summary["lindemann_ratio"], "melted": summary["melted"],
             "supercell": supercell, "n_atoms": run["n_atoms"],
         }
         labels = [_snapshot_labels(f, supercell) for f in frames]
@@ -153,7 +165,8 @@ def build_rows(config: dict[str, Any], results: str | Path) -> tuple[list[dict[s
         rows.append({"kind": "average", **common, "snapshot": None, "step": None, "time_fs": None, **mean,
                      "intensity": average["intensity"].astype(np.float32),
                      "intensity_bragg": average["intensity_bragg"].astype(np.float32)})
-    assert grid is not None
+    if grid is None:
+        raise ValueError("no run left for the dataset (all dropped as melted?)")
     return rows, grid, sorted(devices)
 
 
@@ -212,8 +225,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    import logging
-
     n = write_dataset(json.loads(args.config_json), args.results, args.output)
-    logging.getLogger(__name__).info("wrote %d rows to %s", n, args.output)
+    log.info("wrote %d rows to %s", n, args.output)
     return 0

@@ -18,6 +18,13 @@ t' >= t up to the largest lag analysed (half the production window, where the
 origin average is still well sampled). When |C| has not decayed within that
 window tau_corr is reported as that window with ``tau_corr_resolved = False``.
 A warning is logged (and ``interval_too_short`` recorded) when t_sample < tau_corr.
+
+Melting: the Lindemann ratio sqrt(<u^2>)/d_nn, with <u^2> the mean squared
+displacement along one direction (as in B = 8 pi^2 <u^2>, METHOD.md) of the
+snapshot atoms from their sites at step 0 (minimum image, centre-of-mass drift
+removed) and d_nn the nearest-neighbour distance at step 0 (Lindemann, Phys. Z.
+11, 609 (1910)). Above ``lindemann_threshold`` (default 0.1) the run is flagged
+``melted``: it has lost long-range order and its patterns are not a crystal's.
 """
 
 from __future__ import annotations
@@ -89,13 +96,45 @@ def correlation_time(vacf: np.ndarray, dt_fs: float, threshold: float = math.exp
     return (last + 1) * dt_fs, True
 
 
+def lindemann_ratio(frames: list[Any], reference: Any) -> float:
+    """Lindemann ratio sqrt(<u^2>)/d_nn of ``frames`` about the sites of ``reference``.
+
+    Parameters
+    ----------
+    frames
+        ASE Atoms (same atoms, unwrapped or wrapped positions, any cell).
+    reference
+        ASE Atoms with the lattice sites (e.g. the MD frame at step 0).
+
+    Returns
+    -------
+    float
+        sqrt of the mean over atoms, frames and the three directions of u_alpha^2,
+        divided by the smallest interatomic distance of ``reference`` (dimensionless).
+    """
+    from ase.neighborlist import neighbor_list
+
+    ref_frac = reference.cell.scaled_positions(reference.positions)
+    u2 = []
+    for f in frames:
+        df = f.cell.scaled_positions(f.positions) - ref_frac
+        df -= np.round(df)
+        u = df @ f.cell.array
+        u -= u.mean(axis=0)
+        u2.append(np.mean(u * u))
+    d = neighbor_list("d", reference, 6.0)
+    d_nn = float(d.min()) if len(d) else float(np.min(reference.cell.lengths()))
+    return float(np.sqrt(np.mean(u2)) / d_nn)
+
+
 def select_steps(n_steps: int, n_equil: int, n_interval: int) -> list[int]:
     """Snapshot steps n_equil + k n_interval <= n_steps, k >= 1."""
     return list(range(n_equil + n_interval, n_steps + 1, n_interval))
 
 
 def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path, snapshots_out: str | Path,
-              summary_out: str | Path, *, n_steps: int, n_equil: int, n_interval: int, timestep_fs: float) -> dict:
+              summary_out: str | Path, *, n_steps: int, n_equil: int, n_interval: int, timestep_fs: float,
+              lindemann_threshold: float = 0.1) -> dict:
     """Select snapshots of one MD run, measure tau_corr, write the snapshots and a JSON summary.
 
     Parameters
@@ -106,7 +145,7 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         ASE trajectory of the selected frames (info: step, time_fs; energy, forces, stress kept).
     summary_out
         JSON: snapshot steps, n_snapshots, tau_corr_fs, tau_corr_resolved,
-        sample_interval_fs, interval_too_short, and production means of the thermo
+        sample_interval_fs, interval_too_short, lindemann_ratio, melted, and production means of the thermo
         log (T_K, P_GPa, volume_A3, E_pot_eV with their standard deviations).
 
     Raises
@@ -123,6 +162,12 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
     if missing:
         raise ValueError(f"{trajectory}: snapshot steps {missing} are not in the trajectory")
     snaps = [frames[s] for s in wanted]
+
+    lindemann = lindemann_ratio(snaps, frames[min(frames)])
+    melted = lindemann > lindemann_threshold
+    if melted:
+        log.warning("Lindemann ratio %.3f > %.3f: the crystal melted or lost long-range order", lindemann,
+                    lindemann_threshold)
 
     vel = np.load(velocities)
     max_lag = max(1, (len(vel) - 1) // 2)
@@ -145,6 +190,8 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         "tau_corr_resolved": resolved,
         "sample_interval_fs": t_sample,
         "interval_too_short": bool(too_short),
+        "lindemann_ratio": lindemann,
+        "melted": bool(melted),
         "vacf": vacf.tolist(),
     }
     for col in ("T_K", "P_GPa", "volume_A3", "E_pot_eV"):
@@ -164,7 +211,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--thermo", required=True)
     p.add_argument("--snapshots-out", required=True)
     p.add_argument("--summary-out", required=True)
-    p.add_argument("--params", required=True, help="JSON: n_steps, n_equil, n_interval, timestep_fs")
+    p.add_argument("--params", required=True,
+                   help="JSON: n_steps, n_equil, n_interval, timestep_fs, lindemann_threshold")
     p.set_defaults(func=_main)
 
 
