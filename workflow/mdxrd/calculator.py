@@ -41,7 +41,7 @@ from ase import units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 from chgnet.model.model import CHGNet, BatchedGraph
-from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.core import Structure
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -241,7 +241,10 @@ class FastCHGNetCalculator(Calculator):
             As in ``ase.calculators.calculator.Calculator.calculate``.
         """
         super().calculate(atoms, properties, system_changes)
-        structure = AseAtomsAdaptor.get_structure(self.atoms)
+        # Built from the arrays as AseAtomsAdaptor does, without its warning about ASE constraints
+        # (FixCom, FixSymmetry) that a structure cannot carry and the model does not need.
+        structure = Structure(self.atoms.cell.array, self.atoms.numbers, self.atoms.positions,
+                              coords_are_cartesian=True)
         graph = self.model.graph_converter(structure).to(self.device)
         energy, forces, stress_gpa = self._energy_forces_stress(graph)
         self.results = {
