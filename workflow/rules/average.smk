@@ -7,8 +7,6 @@ rule average:
         "logs/average/{crystal}/{ensemble}/{temperature}K/r{replica}.log",
     params:
         json=as_json(mdconf.average_params(config)),
-    resources:
-        mem_mb=1000,
     conda:
         "../../envs/base.yaml"
     shell:

@@ -7,8 +7,6 @@ rule dataset:
         "logs/dataset.log",
     params:
         config=as_json(config),
-    resources:
-        mem_mb=2000,
     conda:
         "../../envs/base.yaml"
     shell:

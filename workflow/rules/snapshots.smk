@@ -10,8 +10,6 @@ rule snapshots:
         "logs/snapshots/{crystal}/{ensemble}/{temperature}K/r{replica}.log",
     params:
         json=as_json(mdconf.snapshot_params(config)),
-    resources:
-        mem_mb=1000,
     conda:
         "../../envs/base.yaml"
     shell:

@@ -12,8 +12,6 @@ rule structure:
     params:
         json=lambda wc: as_json(mdconf.structure_params(config, wc.crystal)),
     threads: config["md"]["threads"]
-    resources:
-        mem_mb=4000,
     conda:
         "../../envs/chgnet.yaml"
     shell:

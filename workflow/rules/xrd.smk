@@ -10,8 +10,6 @@ rule xrd:
         "results/benchmarks/xrd/{crystal}/{ensemble}/{temperature}K/r{replica}.tsv"
     params:
         json=lambda wc: as_json(mdconf.xrd_params(config, wc.crystal)),
-    resources:
-        mem_mb=2000,
     conda:
         "../../envs/base.yaml"
     shell:

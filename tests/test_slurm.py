@@ -1,0 +1,218 @@
+"""The SLURM profile: dry runs anywhere, and a real run on a single-node SLURM cluster.
+
+The cluster (tests/slurm/start.sh, stop.sh) is started from Debian's slurmctld, slurmd,
+slurm-client and munge packages (.ci/run installs them); the end-to-end test skips without
+them or without root. It installs profiles/slurm the way README.md says, runs the tiny config
+with ``snakemake --profile slurm``, reads the partition and GPU allocation of every job from
+``scontrol show job`` (finished jobs stay for MinJobAge = 900 s: there is no slurmdbd, so no
+sacct) and compares the dataset with the local executor's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_DIR = REPO / "tests" / "slurm"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+DATASET = Path("results") / "dataset" / "patterns.parquet"
+CLUSTER_BINARIES = ("munged", "munge", "unmunge", "slurmctld", "slurmd", "sbatch", "srun", "squeue",
+                    "scontrol", "sinfo", "scancel")
+RUN_TIMEOUT_S = 600
+
+plugin = pytest.importorskip("snakemake_executor_plugin_slurm",
+                             reason="snakemake-executor-plugin-slurm is not installed (pip install '.[test]')")
+
+
+def _submissions(dry_run_output: str) -> dict[str, int]:
+    """Jobs a dry run would submit: top-level rules (not `all`, which runs nothing) and group jobs."""
+    counts: dict[str, int] = {}
+    for m in re.finditer(r"^rule (\w+):$|^\[[^]]*\] Group job (\w+) ", dry_run_output, re.MULTILINE):
+        name = m.group(1) or f"group {m.group(2)}"
+        if name != "all":
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _path_without_slurm(tmp_path: Path) -> str:
+    """A PATH with a shell and `which` (the plugin calls it) but no SLURM command."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("bash", "sh", "which"):
+        if found := shutil.which(name):
+            (bin_dir / name).symlink_to(found)
+    assert not any(shutil.which(b, path=str(bin_dir)) for b in ("sinfo", "sbatch", "squeue", "sacct"))
+    return str(bin_dir)
+
+
+def test_dry_run_with_slurm_profile_default_grid(tmp_path):
+    """`snakemake -n --profile profiles/slurm` on a machine without SLURM; 40 submissions for the default grid."""
+    env = {**os.environ, "PATH": _path_without_slurm(tmp_path)}
+    res = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--profile", "profiles/slurm"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-5000:]
+    assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in out
+    runs = 3 * 3 * 2
+    assert _submissions(res.stdout) == {"structure": 3, "md": runs, "group post": runs, "dataset": 1}
+    # md asks for one GPU and a time limit from atoms x steps; the CPU rules for none
+    md_resources = re.findall(r"^rule md:\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.MULTILINE)
+    assert len(md_resources) == runs and all("gpu=1" in r and "runtime=" in r for r in md_resources)
+    other = re.findall(r"^ *rule (?:structure|snapshots|xrd|average|dataset):\n(?: .*\n)*? *resources: (.*)$",
+                       res.stdout, re.MULTILINE)
+    assert len(other) == 3 + 3 * runs + 1 and not any("gpu" in r for r in other)
+    assert all("runtime=" in r and "mem_mb=" in r for r in other)
+
+
+def test_partition_file_sends_gpu_jobs_to_gpu_partition():
+    """profiles/slurm/partitions.yaml: the plugin's choice for a GPU job and for a CPU job."""
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
+    partitions = read_partition_file(REPO / "profiles" / "slurm" / "partitions.yaml")
+    log = SimpleNamespace(info=lambda *a, **k: None, debug=lambda *a, **k: None, warning=lambda *a, **k: None)
+
+    def job(**resources):
+        return SimpleNamespace(name="x", threads=1, resources=SimpleNamespace(get=resources.get, **resources))
+
+    assert get_best_partition(partitions, job(gpu=1, mem_mb=1102, runtime=20), log) == "gpu"
+    assert get_best_partition(partitions, job(mem_mb=2000, runtime=40), log) == "cpu"
+
+
+# --------------------------------------------------------------------------------------------
+# a real cluster
+
+
+def _skip_reason() -> str | None:
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return "the SLURM test cluster needs root on Linux"
+    missing = [b for b in CLUSTER_BINARIES if shutil.which(b) is None]
+    if missing:
+        return f"SLURM/munge binaries absent ({', '.join(missing)}): apt-get install slurmctld slurmd slurm-client munge"
+    for name in ("slurm.conf", "gres.conf"):
+        conf = Path("/etc/slurm") / name
+        if conf.exists() and not conf.read_text().startswith("# mdxrd test cluster"):
+            return f"{conf} belongs to another SLURM installation"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A single-node SLURM cluster (partitions cpu and gpu, two fake GPUs), torn down afterwards."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    state = Path(tempfile.mkdtemp(prefix="mdxrd-slurm-", dir="/tmp"))  # short, world-traversable (munged)
+    try:
+        res = subprocess.run(["bash", str(SLURM_DIR / "start.sh"), str(state)], capture_output=True, text=True,
+                             timeout=120)
+        if res.returncode == 3:
+            pytest.skip(res.stderr.strip())
+        assert res.returncode == 0, f"cluster start failed:\n{res.stdout}\n{res.stderr}"
+        yield state
+    finally:
+        subprocess.run(["bash", str(SLURM_DIR / "stop.sh"), str(state)], capture_output=True, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _content_hash(path: Path) -> str:
+    """SHA-256 of the table content (every column's values; not the file bytes, not the metadata)."""
+    table = pq.read_table(path).replace_schema_metadata(None)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table.combine_chunks())
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def _tiny_config(work: Path) -> Path:
+    cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+    for c in cfg["crystals"]:
+        c["cif"] = str(REPO / c["cif"])
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return work / "config.yaml"
+
+
+def _readme_install_command() -> str:
+    """The README's one-line install of the profile into the user's config directory."""
+    section = (REPO / "README.md").read_text().split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    lines = [ln.strip() for ln in section.splitlines() if "~/.config/snakemake/slurm" in ln and "cp " in ln]
+    assert len(lines) == 1, lines
+    return lines[0].split(" #", 1)[0]
+
+
+def _scontrol_job(jobid: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-d", "-o", jobid], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    return dict(re.findall(r"(?:^|\s)([A-Za-z_/:]+)=(\S*)", out))
+
+
+@pytest.mark.slow
+def test_snakemake_profile_slurm_runs_on_a_cluster(cluster, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SNAKEMAKE_", "XDG_CONFIG"))}
+    env["HOME"] = str(home)
+    install = _readme_install_command()
+    res = subprocess.run(["bash", "-c", install], cwd=REPO, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (home / ".config" / "snakemake" / "slurm" / "config.yaml").is_file()
+    assert (home / ".config" / "snakemake" / "slurm" / "partitions.yaml").is_file()
+
+    work = tmp_path / "slurm_run"
+    config = _tiny_config(work)
+    # the profile as installed, from a working directory without ./slurm; for this cluster only:
+    # no slurmdbd, so squeue (MinJobAge 900 s) for status, a first check after 2 s, logs kept
+    cmd = ["timeout", "-k", "10", str(RUN_TIMEOUT_S), *SNAKEMAKE, "--profile", "slurm", "-s", str(REPO / "Snakefile"),
+           "--configfile", str(config), "--slurm-status-command", "squeue",
+           "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs"]
+    res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    out = res.stdout + res.stderr
+    (tmp_path / "snakemake_slurm.out").write_text(out)
+    if res.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in (work / ".snakemake").rglob("slurm_logs/**/*.log"))
+        pytest.fail(f"snakemake --profile slurm exited {res.returncode}:\n{out[-6000:]}\n{logs[-6000:]}")
+    assert "Using profiles slurm and workflow specific profile" in out, out[:2000]
+
+    # every submission: SLURM job id and the rule or group in its log path
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", out)
+    # (.snakemake/slurm_logs/rule_<rule>/... or group_<group>_<rules>/...)
+    kinds = {}
+    for jobid, log in submitted:
+        kind = Path(log).parts[Path(log).parts.index("slurm_logs") + 1]
+        kinds[jobid] = "group_post" if kind.startswith("group_post_") else kind
+    assert sorted(kinds.values()) == sorted(["rule_structure", "rule_md", "rule_md", "group_post", "group_post",
+                                             "rule_dataset"]), out[-4000:]
+    for jobid, kind in kinds.items():
+        job = _scontrol_job(jobid)
+        assert job["JobState"] == "COMPLETED", (jobid, kind, job)
+        if kind == "rule_md":  # the GPU partition, one GPU allocated
+            assert job["Partition"] == "gpu" and job["JOB_GRES"] == "gpu:1", (jobid, job)
+        else:  # the CPU partition, no GPU
+            assert job["Partition"] == "cpu" and job.get("JOB_GRES", "(null)") == "(null)", (jobid, kind, job)
+    # the snapshots, XRD and average of one run ran inside one CPU job
+    for jobid, log in submitted:
+        if kinds[jobid] == "group_post":
+            text = Path(log).read_text()
+            assert all(re.search(rf"rule {r}:", text) for r in ("snapshots", "xrd", "average")), text[-3000:]
+
+    # the same table as the local executor makes from the same config (same seeds, same machine)
+    ref = tmp_path / "local_run"
+    ref_config = _tiny_config(ref)
+    res = subprocess.run(["timeout", "-k", "10", str(RUN_TIMEOUT_S), *SNAKEMAKE, "-s", str(REPO / "Snakefile"),
+                          "-d", str(ref), "--configfile", str(ref_config), "--cores", "2"],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-5000:]
+    assert _content_hash(work / DATASET) == _content_hash(ref / DATASET)
