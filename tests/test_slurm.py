@@ -10,7 +10,6 @@ sacct) and compares the dataset with the local executor's.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -20,10 +19,10 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from mdxrd.dataset import content_hash
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "tests" / "slurm"
@@ -127,15 +126,6 @@ def cluster():
         shutil.rmtree(state, ignore_errors=True)
 
 
-def _content_hash(path: Path) -> str:
-    """SHA-256 of the table content (every column's values; not the file bytes, not the metadata)."""
-    table = pq.read_table(path).replace_schema_metadata(None)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table.combine_chunks())
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
-
-
 def _tiny_config(work: Path) -> Path:
     cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
     for c in cfg["crystals"]:
@@ -215,4 +205,4 @@ def test_snakemake_profile_slurm_runs_on_a_cluster(cluster, tmp_path):
                           "-d", str(ref), "--configfile", str(ref_config), "--cores", "2"],
                          env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-5000:]
-    assert _content_hash(work / DATASET) == _content_hash(ref / DATASET)
+    assert content_hash(work / DATASET) == content_hash(ref / DATASET)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from mdxrd.config import config_hash, validate_config
-from mdxrd.dataset import read_dataset, schema
+from mdxrd.dataset import content_hash, read_dataset, schema
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -68,19 +68,6 @@ def tiny_run(tmp_path_factory):
     return work, _run_tiny(work)
 
 
-def _content_hash(path: Path) -> str:
-    """SHA-256 of the table content (every column's values, not the file bytes or metadata)."""
-    import hashlib
-
-    import pyarrow as pa
-
-    table = pq.read_table(path).replace_schema_metadata(None)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table.combine_chunks())
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
-
-
 @pytest.mark.slow
 def test_tiny_run_dataset(tiny_run):
     work, config = tiny_run
@@ -130,7 +117,7 @@ def test_regeneration_is_bit_identical(tiny_run, tmp_path):
     work, _ = tiny_run
     _run_tiny(tmp_path)
     name = Path("results") / "dataset" / "patterns.parquet"
-    assert _content_hash(work / name) == _content_hash(tmp_path / name)
+    assert content_hash(work / name) == content_hash(tmp_path / name)
 
 
 @pytest.mark.slow

@@ -197,6 +197,23 @@ def write_dataset(config: dict[str, Any], results: str | Path, out: str | Path) 
     return table.num_rows
 
 
+def content_hash(path: str | Path) -> str:
+    """SHA-256 of a dataset's table content: every column's values, not the file bytes or metadata.
+
+    Two datasets with equal hashes hold bit-identical rows (used to check regeneration).
+    """
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path).replace_schema_metadata(None)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
 def read_dataset(path: str | Path) -> tuple[Any, np.ndarray, dict[str, Any]]:
     """Read a dataset: (pandas DataFrame, two_theta grid (n_grid,) float64 deg, metadata dict).
 
