@@ -6,3 +6,6 @@ command-line interface.
 """
 
 __version__ = "0.1.0"
+
+#: CHGNet model version the calculators load (``CHGNet.load(model_name=...)``), recorded in datasets.
+CHGNET_MODEL = "0.3.0"

@@ -43,6 +43,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from chgnet.model.model import CHGNet, BatchedGraph
 from pymatgen.core import Structure
 
+from mdxrd import CHGNET_MODEL
+
 if TYPE_CHECKING:
     from ase import Atoms
     from chgnet.model.dynamics import CHGNetCalculator
@@ -92,7 +94,7 @@ def _load_model_cached(device: str, model_name: str) -> CHGNet:
     return model
 
 
-def load_model(device: str | None = None, model_name: str = "0.3.0") -> CHGNet:
+def load_model(device: str | None = None, model_name: str = CHGNET_MODEL) -> CHGNet:
     """Load the pretrained CHGNet once per process and device.
 
     Parameters

@@ -94,7 +94,9 @@ def versions() -> dict[str, str]:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = "unknown"
-    out["chgnet_model"] = "0.3.0"  # CHGNet.load() default model, the one the calculators load
+    from mdxrd import CHGNET_MODEL
+
+    out["chgnet_model"] = CHGNET_MODEL
     return out
 
 
