@@ -37,15 +37,14 @@ def _block_sem(x: np.ndarray, n_blocks: int = 10) -> float:
 
 @pytest.mark.parametrize("ensemble", ["nvt_langevin", "nvt_berendsen"])
 def test_nvt_mean_temperature_reaches_target(tmp_path, ensemble):
-    # 108 Cu atoms: instantaneous T fluctuates by sqrt(2/(3N)) = 7.9 % (canonical); over 1600
+    # 108 Cu atoms: instantaneous T fluctuates by sqrt(2/(3N - 3)) = 7.9 % (canonical); over 1600
     # production fs with correlation times of tens of fs the mean is known to ~1 %. The
-    # tolerance is 4 sigma of the block-averaged standard error plus the 3/(3N) = 0.9 %
-    # bias of counting 3N degrees of freedom while total momentum is fixed.
+    # tolerance is 4 sigma of the block-averaged standard error (T counts 3N - 3 degrees of
+    # freedom, as the thermostats do, so there is no bias to allow for).
     params, thermo = _run(tmp_path, ensemble, temperature_K=300.0, friction_per_fs=0.02)
     prod = thermo[thermo.step > params.n_equil]["T_K"].to_numpy()
     sem = _block_sem(prod)
-    bias = 3.0 / (3 * 108) * 300.0
-    assert abs(prod.mean() - 300.0) < 4 * sem + bias + 1.0, (prod.mean(), sem)
+    assert abs(prod.mean() - 300.0) < 4 * sem + 1.0, (prod.mean(), sem)
     # and it is a thermostat, not a constant: temperature fluctuates
     assert prod.std() > 5.0
 
@@ -63,8 +62,13 @@ def test_npt_changes_cell_and_nvt_does_not(tmp_path):
     frames = read(tmp_path / "nvt" / "trajectory.traj", ":")
     assert all(np.array_equal(f.cell.array, atoms.cell.array) for f in frames)
     assert thermo_npt.volume_A3.iloc[-1] > 1.03 * v0
-    # pressure relaxes toward the target: from tens of GPa down by more than half
-    assert abs(thermo_npt.P_GPa.iloc[-1]) < 0.5 * abs(thermo_npt.P_GPa.iloc[0])
+    # the pre-equilibration has already expanded the cell by step 0 and relaxed the tens of GPa
+    # the compressed start puts on it; the NVT run keeps them
+    import json
+
+    pre = json.loads((tmp_path / "npt" / "run.json").read_text())["equilibration"]
+    assert pre["pre_volume_change"] > 0.03
+    assert abs(thermo_npt.P_GPa.mean()) < 1.0 and thermo_nvt.P_GPa.mean() > 10.0
     # cubic stays cubic under the isotropic barostat
     cell = read(tmp_path / "npt" / "trajectory.traj", "-1").cell.cellpar()
     assert np.allclose(cell[:3], cell[0], rtol=1e-10) and np.allclose(cell[3:], 90.0)
@@ -74,8 +78,9 @@ def test_outputs_steps_and_shapes(tmp_path):
     params, thermo = _run(tmp_path, "nvt_langevin", n_steps=60, n_equil=20, n_interval=10, thermo_interval=5)
     assert thermo.step.tolist() == list(range(0, 61, 5))
     assert list(thermo.columns) == ["step", "time_fs", "T_K", "E_pot_eV", "E_kin_eV", "E_tot_eV", "P_GPa", "volume_A3"]
-    # starts at exactly the target temperature (Maxwell-Boltzmann rescaled, zero momentum)
-    assert thermo.T_K.iloc[0] == pytest.approx(300.0, rel=1e-9)
+    # starts at exactly twice the target temperature (Maxwell-Boltzmann rescaled, zero momentum):
+    # equipartition from the 0 K sites then brings it to T
+    assert thermo.T_K.iloc[0] == pytest.approx(2 * 300.0, rel=1e-9)
     frames = read(tmp_path / "trajectory.traj", ":")
     assert [f.info["step"] for f in frames] == [0, 10, 20, 30, 40, 50, 60]
     assert np.allclose(frames[0].get_momenta().sum(axis=0), 0.0, atol=1e-10)

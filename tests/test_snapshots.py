@@ -81,8 +81,13 @@ def test_lindemann_ratio_of_gaussian_displacements():
         f = ref.copy()
         f.positions += rng.normal(0, sigma, f.positions.shape) + [5.0, -3.0, 0.2]  # drift is removed
         frames.append(f)
-    assert lindemann_ratio(frames, ref) == pytest.approx(sigma / d_nn, rel=0.03)
-    # a "melt": atoms anywhere in the cell
-    melt = ref.copy()
-    melt.set_scaled_positions(rng.uniform(0, 1, (len(ref), 3)))
-    assert lindemann_ratio([melt], ref) > 0.5
+    assert lindemann_ratio(frames) == pytest.approx(sigma / d_nn, rel=0.03)
+    # a "melt": atoms anywhere in the cell, independently in each frame
+    melt = []
+    for _ in range(5):
+        f = ref.copy()
+        f.set_scaled_positions(rng.uniform(0, 1, (len(ref), 3)))
+        melt.append(f)
+    assert lindemann_ratio(melt) > 0.5
+    with pytest.raises(ValueError):
+        lindemann_ratio(frames[:1])

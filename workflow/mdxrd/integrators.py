@@ -39,7 +39,7 @@ _LAMBDA_MIN, _LAMBDA_MAX = 0.9, 1.1
 
 
 class NPTBerendsenOneForce(NPTBerendsen):
-    """Isotropic Berendsen NPT dynamics with one force evaluation per step.
+    """Berendsen NPT dynamics (isotropic or per cell vector) with one force evaluation per step.
 
     One step (``dt``), starting from positions ``r``, momenta ``p``, and the
     forces ``F(r)`` and stress ``sigma(r)`` the calculator returned at the end
@@ -111,6 +111,16 @@ class NPTBerendsenOneForce(NPTBerendsen):
         the volume relaxes; the mean volume does not depend on it.
     fixcm : bool
         Remove the centre-of-mass momentum each step. Default True.
+    anisotropic : bool
+        False (default): isotropic scaling by one ``mu`` from ``P = -trace(sigma)/3``.
+        True: each cell vector ``a_i`` is scaled by its own
+        ``mu_i = (1 - kappa (dt/tau_P)(P0 - P_i))^(1/3)`` with ``P_i = -a_i.sigma.a_i/|a_i|^2``
+        the normal pressure along it, so the lengths relax per axis and the angles are
+        kept. This generalises ASE's ``Inhomogeneous_NPTBerendsen`` (which uses the
+        Cartesian ``sigma_xx, sigma_yy, sigma_zz`` and equals this for orthogonal cells)
+        to oblique cells: for a hexagonal cell a and b see the same in-plane pressure.
+        Non-cubic crystals need it for anisotropic thermal expansion (c/a changes
+        with T); isotropic scaling freezes the cell shape.
     trajectory : str or ase.io.Trajectory or None
         Trajectory attached as in ``ase.md.md.MolecularDynamics``.
     logfile : str or file or None
@@ -161,6 +171,7 @@ class NPTBerendsenOneForce(NPTBerendsen):
         taup: float = 1e3 * units.fs,
         compressibility_au: float,
         fixcm: bool = True,
+        anisotropic: bool = False,
         trajectory: str | None = None,
         logfile: IO | str | None = None,
         loginterval: int = 1,
@@ -190,6 +201,7 @@ class NPTBerendsenOneForce(NPTBerendsen):
             loginterval=loginterval,
             append_trajectory=append_trajectory,
         )
+        self.anisotropic = bool(anisotropic)
 
     def velocity_scale_factor(self, temperature: float) -> float:
         """Berendsen velocity scale factor for one step.
@@ -248,6 +260,9 @@ class NPTBerendsenOneForce(NPTBerendsen):
     def scale_positions_and_cell(self, stress: np.ndarray | None = None) -> None:
         """Scale cell and positions by :meth:`cell_scale_factor` of the current P.
 
+        Isotropic: one factor for the whole cell; ``anisotropic``: one per cell vector
+        from the normal pressure along it (see the class docstring).
+
         Parameters
         ----------
         stress : numpy.ndarray or None
@@ -257,9 +272,17 @@ class NPTBerendsenOneForce(NPTBerendsen):
         if stress is None:
             stress = self.atoms.get_stress(voigt=False, include_ideal_gas=True)
         stress = np.asarray(stress)
-        pressure = -float(np.trace(stress) if stress.shape == (3, 3) else stress[:3].sum()) / 3.0
-        mu = self.cell_scale_factor(pressure)
-        self.atoms.set_cell(mu * np.asarray(self.atoms.get_cell()), scale_atoms=True)
+        if stress.shape != (3, 3):
+            xx, yy, zz, yz, xz, xy = stress
+            stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+        cell = np.asarray(self.atoms.get_cell())
+        if self.anisotropic:
+            unit = cell / np.linalg.norm(cell, axis=1)[:, None]
+            pressures = -np.einsum("ij,jk,ik->i", unit, stress, unit)
+            mu = np.array([self.cell_scale_factor(float(p)) for p in pressures])
+        else:
+            mu = np.full(3, self.cell_scale_factor(-float(np.trace(stress)) / 3.0))
+        self.atoms.set_cell(mu[:, None] * cell, scale_atoms=True)
 
     def step(self, forces: np.ndarray | None = None) -> np.ndarray:
         """Advance one time step with one force and stress evaluation.

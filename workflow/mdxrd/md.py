@@ -8,12 +8,36 @@ Ensembles (METHOD.md, "Ensembles"; all integrators are ASE's unless stated):
   integrator as implemented in ASE).
 * ``nvt_berendsen`` -- ``ase.md.NVTBerendsen``: velocities scaled each step by
   lambda = sqrt(1 + (dt/tau_T)(T0/T - 1)) (Berendsen et al., J. Chem. Phys. 81, 3684 (1984)).
-* ``npt_berendsen`` -- isotropic Berendsen barostat on top (by default
+* ``npt_berendsen`` -- Berendsen barostat on top (by default
   :class:`mdxrd.integrators.NPTBerendsenOneForce`, one force evaluation per
   step; ASE's NPTBerendsen, which evaluates forces twice, on request): cell and positions
   scaled by mu = (1 - kappa (dt/tau_P)(P0 - P))^(1/3), kappa the isothermal
   compressibility, given explicitly (CHGNet's own MolecularDynamics fits an EOS
-  for it instead, and has no Langevin).
+  for it instead, and has no Langevin). Cubic crystals scale isotropically;
+  other crystal systems per cell vector (``npt_cell``), so c/a can change with T.
+
+Degrees of freedom: the centre of mass is fixed in every ensemble (ASE's
+``FixCom``), so the kinetic temperature is T = 2 E_kin / ((3N - 3) k_B) everywhere:
+in the thermostats (ASE counts a constraint's removed degrees of freedom), in the
+start velocities and in every recorded T.
+
+Equilibration (the first ``n_equil`` steps, never sampled). Started from the
+relaxed 0 K sites, a crystal shares its kinetic energy with the potential energy
+(equipartition, harmonic limit: <E_kin> = <E_pot - E0>), so velocities drawn at T
+leave it near T/2 and the thermostat needs several tau_T to recover. The run
+therefore starts at ``start_temperature_factor`` x T (default 2, Maxwell-Boltzmann)
+and the production thermostat (gamma or tau_T unchanged) takes over from step 0.
+An NPT cell relaxes with time constant ~tau_P (1 ps), far longer than a short run,
+so NPT runs first take ``npt_pre_steps`` (default 150) pre-equilibration steps
+before step 0, not recorded in the thermo log: the barostat is coupled with the
+model's own compressibility 1/B (B = -dP/dlnV by central finite differences,
++-0.5 % volume, at the start structure) and a coupling time of ``equil_taup_fs``
+(default 20 fs) for the first 70 % of them, growing geometrically to 10x that over
+the rest so that the cell averages out the pressure noise of a small cell. Step 0
+then starts at the production settings (tau_T, tau_P, kappa) with the cell near its
+equilibrium volume at T, and the ``n_equil`` steps let it settle. Measured with
+EMT Cu at 600 K (4 GPa of thermal pressure at V0), the window's mean P ends within
+0.25 GPa of P0 for a compressibility off by -30 % to +50 %.
 
 Energies and forces: CHGNet (Deng et al., Nat. Mach. Intell. 5, 1031 (2023)).
 The run starts from a Maxwell-Boltzmann distribution at T drawn from a seeded
@@ -61,6 +85,10 @@ log = logging.getLogger(__name__)
 #: Steps between checks of the smallest interatomic distance (a neighbour-list build).
 DISTANCE_CHECK_INTERVAL = 10
 
+#: Fraction of the NPT pre-equilibration spent at the strong coupling time; over the rest the
+#: coupling time grows geometrically to 10x, so the cell averages out pressure noise before step 0.
+STRONG_BAROSTAT_FRACTION = 0.7
+
 #: Boltzmann constant in eV/K (CODATA 2018), as in METHOD.md.
 K_B_EV_PER_K = 8.617333262e-5
 
@@ -76,6 +104,16 @@ class Ensemble(str, enum.Enum):
     def fixed_cell(self) -> bool:
         """True for NVT ensembles (constant volume and cell)."""
         return self is not Ensemble.NPT_BERENDSEN
+
+
+def degrees_of_freedom(n_atoms: int) -> int:
+    """Kinetic degrees of freedom of ``n_atoms`` atoms with the centre of mass fixed: 3N - 3."""
+    return 3 * n_atoms - 3
+
+
+def kinetic_temperature(e_kin_eV: float, n_atoms: int) -> float:
+    """T = 2 E_kin / ((3N - 3) k_B), K, for a kinetic energy in eV (centre of mass fixed)."""
+    return 2.0 * e_kin_eV / (degrees_of_freedom(n_atoms) * K_B_EV_PER_K)
 
 
 class MDError(RuntimeError):
@@ -111,6 +149,13 @@ class MDParams:
     min_distance_A : the run fails when two atoms come closer than this (Angstrom).
     checkpoint_interval : write the full state every this many steps (0: never) so a killed
         run resumes where it stopped.
+    start_temperature_factor : initial Maxwell-Boltzmann velocities at this multiple of T0
+        (2: equipartition from the 0 K sites brings the crystal to T0).
+    npt_pre_steps : NPT pre-equilibration steps before step 0 (not recorded), strongly coupled
+        barostat with the model's own compressibility.
+    equil_taup_fs : barostat coupling time of the pre-equilibration's first 70 %, fs.
+    npt_cell : "auto" (isotropic for cubic crystals, per cell vector otherwise), "isotropic"
+        or "anisotropic".
     """
 
     ensemble: Ensemble
@@ -133,6 +178,10 @@ class MDParams:
     max_temperature_ratio: float = 5.0
     min_distance_A: float = 0.5
     checkpoint_interval: int = 100
+    start_temperature_factor: float = 2.0
+    npt_pre_steps: int = 150
+    equil_taup_fs: float = 20.0
+    npt_cell: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ensemble", Ensemble(self.ensemble))
@@ -142,6 +191,10 @@ class MDParams:
             raise ValueError(f"need 0 <= n_equil < n_steps, got n_equil={self.n_equil}, n_steps={self.n_steps}")
         if self.calculator not in ("fast", "stock"):
             raise ValueError(f"calculator must be 'fast' or 'stock', got {self.calculator!r}")
+        if self.npt_cell not in ("auto", "isotropic", "anisotropic"):
+            raise ValueError(f"npt_cell must be 'auto', 'isotropic' or 'anisotropic', got {self.npt_cell!r}")
+        if not self.start_temperature_factor > 0 or not self.equil_taup_fs > 0 or self.npt_pre_steps < 0:
+            raise ValueError("start_temperature_factor and equil_taup_fs must be > 0, npt_pre_steps >= 0")
         if self.npt_integrator not in ("mdxrd", "ase"):
             raise ValueError(f"npt_integrator must be 'mdxrd' or 'ase', got {self.npt_integrator!r}")
         if self.n_interval < 1 or self.n_equil + self.n_interval > self.n_steps:
@@ -166,40 +219,81 @@ def run_seed(global_seed: int, crystal: str, ensemble: str, temperature_K: float
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
 
 
-def make_dynamics(atoms: Any, params: MDParams, rng: np.random.Generator) -> Any:
-    """Build the ASE integrator of ``params.ensemble`` for ``atoms`` (ASE units converted from fs, GPa)."""
+def is_cubic(atoms: Any, symprec: float = 1e-3) -> bool:
+    """True when the crystal system of ``atoms`` (spglib via pymatgen, ``symprec`` Angstrom) is cubic."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    structure = AseAtomsAdaptor.get_structure(atoms)
+    return SpacegroupAnalyzer(structure, symprec=symprec).get_crystal_system() == "cubic"
+
+
+def make_dynamics(atoms: Any, params: MDParams, rng: np.random.Generator, anisotropic: bool = False) -> Any:
+    """Build the ASE integrator of ``params.ensemble`` for ``atoms`` (ASE units converted from fs, GPa).
+
+    Every ensemble gets a ``FixCom`` constraint, so ASE's thermostats count 3N - 3 degrees of
+    freedom. ``anisotropic`` selects per-axis NPT cell scaling.
+    """
     from ase import units
+    from ase.constraints import FixCom
 
     dt = params.timestep_fs * units.fs
+    atoms.set_constraint(FixCom())
     if params.ensemble is Ensemble.NVT_LANGEVIN:
         from ase.md.langevin import Langevin
 
-        from ase.constraints import FixCom
-
         # ASE >= 3.28: fixcm=False with a FixCom constraint samples NVT correctly.
-        atoms.set_constraint(FixCom())
         return Langevin(atoms, dt, temperature_K=params.temperature_K,
                         friction=params.friction_per_fs / units.fs, fixcm=False, rng=rng)
     if params.ensemble is Ensemble.NVT_BERENDSEN:
         from ase.md.nvtberendsen import NVTBerendsen
 
         return NVTBerendsen(atoms, dt, temperature_K=params.temperature_K, taut=params.taut_fs * units.fs)
+    kwargs = dict(temperature_K=params.temperature_K, taut=params.taut_fs * units.fs,
+                  pressure_au=params.pressure_GPa * units.GPa, taup=params.taup_fs * units.fs,
+                  compressibility_au=params.compressibility_per_GPa / units.GPa)
     if params.npt_integrator == "mdxrd":
-        from mdxrd.integrators import NPTBerendsenOneForce as NPTBerendsen
-    else:
-        from ase.md.nptberendsen import NPTBerendsen
+        from mdxrd.integrators import NPTBerendsenOneForce
 
-    return NPTBerendsen(atoms, dt, temperature_K=params.temperature_K, taut=params.taut_fs * units.fs,
-                        pressure_au=params.pressure_GPa * units.GPa, taup=params.taup_fs * units.fs,
-                        compressibility_au=params.compressibility_per_GPa / units.GPa)
+        return NPTBerendsenOneForce(atoms, dt, anisotropic=anisotropic, **kwargs)
+    from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen, NPTBerendsen
+
+    return (Inhomogeneous_NPTBerendsen if anisotropic else NPTBerendsen)(atoms, dt, **kwargs)
 
 
 def _rescale_to(atoms: Any, temperature_K: float) -> None:
-    """Scale velocities so the instantaneous temperature (3N degrees of freedom) equals ``temperature_K``."""
+    """Scale velocities so the kinetic temperature (3N - 3 degrees of freedom) equals ``temperature_K``."""
     e_kin = atoms.get_kinetic_energy()
     if e_kin > 0:
-        target = 1.5 * len(atoms) * K_B_EV_PER_K * temperature_K
+        target = 0.5 * degrees_of_freedom(len(atoms)) * K_B_EV_PER_K * temperature_K
         atoms.set_momenta(atoms.get_momenta() * math.sqrt(target / e_kin))
+
+
+def model_bulk_modulus(atoms: Any, calc: Any, strain: float = 0.005) -> float:
+    """Bulk modulus of the potential at the structure of ``atoms``, GPa (static, clamped ions).
+
+    B = -(P(V+) - P(V-)) / ln(V+/V-), V+- = V (1 +- ``strain``), positions scaled with the
+    cell, P = -trace(sigma)/3 from ``calc`` (no kinetic term). Central difference, error
+    O(strain^2) (Birch, Phys. Rev. 71, 809 (1947) for B = -V dP/dV).
+
+    Raises
+    ------
+    MDError
+        B not positive (the structure is mechanically unstable under the potential).
+    """
+    from ase import units
+
+    pressures = []
+    for factor in (1.0 + strain, 1.0 - strain):
+        trial = atoms.copy()
+        trial.set_constraint()
+        trial.set_cell(atoms.cell.array * factor ** (1.0 / 3.0), scale_atoms=True)
+        trial.calc = calc
+        pressures.append(-float(trial.get_stress()[:3].mean()))
+    bulk = -(pressures[0] - pressures[1]) / math.log((1.0 + strain) / (1.0 - strain)) / units.GPa
+    if not bulk > 0:
+        raise MDError(f"the potential's bulk modulus at the start structure is {bulk:.3g} GPa (not > 0)")
+    return bulk
 
 
 def _min_distance(atoms: Any) -> float:
@@ -249,13 +343,40 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
     out_dir = Path(out_dir)
     atoms = atoms.copy()
     atoms.calc = calc if calc is not None else make_calculator(params.calculator, device=params.device)
-    rng = np.random.default_rng(params.seed)
-    thermalize_momenta(atoms, params.temperature_K, rng=rng)
-    Stationary(atoms)
-    _rescale_to(atoms, params.temperature_K)
-    dyn = make_dynamics(atoms, params, rng)
-
     n = len(atoms)
+    equilibration: dict[str, Any] = {
+        "start_temperature_K": params.start_temperature_factor * params.temperature_K,
+        "degrees_of_freedom": degrees_of_freedom(n),
+    }
+    npt = params.ensemble is Ensemble.NPT_BERENDSEN
+    anisotropic = npt and (params.npt_cell == "anisotropic" or (params.npt_cell == "auto" and not is_cubic(atoms)))
+    if npt:
+        bulk = model_bulk_modulus(atoms, atoms.calc)
+        equilibration.update({"npt_cell": "anisotropic" if anisotropic else "isotropic",
+                              "model_bulk_modulus_GPa": bulk, "npt_pre_steps": params.npt_pre_steps,
+                              "strong_taup_fs": params.equil_taup_fs})
+    rng = np.random.default_rng(params.seed)
+    start_T = params.start_temperature_factor * params.temperature_K
+    thermalize_momenta(atoms, start_T, rng=rng)
+    Stationary(atoms)
+    _rescale_to(atoms, start_T)
+    dyn = make_dynamics(atoms, params, rng, anisotropic=anisotropic)
+
+    def pre_equilibrate() -> None:
+        """NPT: relax the cell to its volume at T before step 0 (see module docstring)."""
+        strong = int(STRONG_BAROSTAT_FRACTION * params.npt_pre_steps)
+        volume0 = float(atoms.get_volume())
+        dyn.compressibility = 1.0 / bulk / units.GPa
+        for i in range(params.npt_pre_steps):
+            growth = max(0, i - strong) / max(1, params.npt_pre_steps - strong)
+            dyn.taup = params.equil_taup_fs * 10.0**growth * units.fs
+            dyn.step()
+        dyn.taup = params.taup_fs * units.fs
+        dyn.compressibility = params.compressibility_per_GPa / units.GPa
+        dyn.nsteps = 0
+        equilibration.update({"pre_volume_change": float(atoms.get_volume()) / volume0 - 1.0,
+                              "pre_end_T_K": kinetic_temperature(float(atoms.get_kinetic_energy()), n)})
+
     frame_steps = {0, *range(params.n_equil % params.n_interval, params.n_steps + 1, params.n_interval)}
     thermo: list[tuple[float, ...]] = []
     velocities: list[np.ndarray] = []
@@ -272,6 +393,7 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
             rng.bit_generator.state = state["rng_state"]
             thermo, velocities, frames = state["thermo"], state["velocities"], state["frames"]
             dyn.nsteps = state["step"]
+            equilibration = state["equilibration"]
             log.info("resuming from %s at step %d", checkpoint, state["step"])
         else:
             log.warning("ignoring %s: written with other parameters", checkpoint)
@@ -280,7 +402,7 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         state = {"params": key, "step": step, "cell": atoms.cell.array.copy(),
                  "positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
                  "rng_state": rng.bit_generator.state, "thermo": thermo, "velocities": velocities,
-                 "frames": frames}
+                 "frames": frames, "equilibration": equilibration}
         with atomic_path(checkpoint) as tmp, open(tmp, "wb") as fh:
             pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -289,7 +411,7 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         if step % params.thermo_interval == 0 or step == params.n_steps:
             e_pot = float(atoms.get_potential_energy())
             e_kin = float(atoms.get_kinetic_energy())
-            temp = 2.0 * e_kin / (3.0 * n * K_B_EV_PER_K)
+            temp = kinetic_temperature(e_kin, n)
             stress = atoms.get_stress(include_ideal_gas=True)
             pressure = float(-stress[:3].mean() / units.GPa)
             if not (math.isfinite(e_pot) and math.isfinite(temp)):
@@ -312,6 +434,8 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         if params.checkpoint_interval and 0 < step < params.n_steps and step % params.checkpoint_interval == 0:
             write_checkpoint(step)
 
+    if npt and dyn.nsteps == 0:
+        pre_equilibrate()
     dyn.attach(observe, interval=1)
     t0 = time.perf_counter()
     start = dyn.nsteps
@@ -343,6 +467,7 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         "s_per_step": wall / max(1, params.n_steps - start),
         "resumed_from_step": start,
         "calculator": type(atoms.calc).__name__,
+        "equilibration": equilibration,
     }
     write_json(out_dir / "run.json", record)
     checkpoint.unlink(missing_ok=True)

@@ -19,11 +19,23 @@ origin average is still well sampled). When |C| has not decayed within that
 window tau_corr is reported as that window with ``tau_corr_resolved = False``.
 A warning is logged (and ``interval_too_short`` recorded) when t_sample < tau_corr.
 
+Equilibrium of the sampled ensemble: over the sampling window (thermo rows with
+step >= n_equil) the stage measures the mean kinetic temperature, pressure and
+volume with their standard errors (block averaging, Flyvbjerg & Petersen,
+J. Chem. Phys. 91, 461 (1989)) and, for NPT, the volume drift (slope of a linear
+fit times the window length, over the mean volume). The run is ``equilibrated``
+when |<T>/T0 - 1| <= temperature_tolerance and, for NPT, |<P> - P0| <=
+pressure_tolerance_GPa and |drift| <= volume_drift_tolerance; a miss is logged as
+a warning. Note that these are targets on a finite window: the canonical spread
+of a window mean of T is about T0 sqrt(2/(3N-3)) sqrt(2 tau_E / t_window) for
+Langevin dynamics (tau_E ~ 1/gamma the energy relaxation time), a few % for tens
+of atoms and a few hundred fs.
+
 Melting: the Lindemann ratio sqrt(<u^2>)/d_nn, with <u^2> the mean squared
 displacement along one direction (as in B = 8 pi^2 <u^2>, METHOD.md) of the
-snapshot atoms from their sites at step 0 (minimum image, centre-of-mass drift
-removed) and d_nn the nearest-neighbour distance at step 0 (Lindemann, Phys. Z.
-11, 609 (1910)). Above ``lindemann_threshold`` (default 0.1) the run is flagged
+snapshot atoms about their mean positions over the snapshots (minimum image,
+centre-of-mass drift removed) and d_nn the nearest-neighbour distance of the mean
+structure (Lindemann, Phys. Z. 11, 609 (1910)). Above ``lindemann_threshold`` (default 0.1) the run is flagged
 ``melted``: it has lost long-range order and its patterns are not a crystal's.
 """
 
@@ -38,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, write_json
+from mdxrd.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -96,35 +108,128 @@ def correlation_time(vacf: np.ndarray, dt_fs: float, threshold: float = math.exp
     return (last + 1) * dt_fs, True
 
 
-def lindemann_ratio(frames: list[Any], reference: Any) -> float:
-    """Lindemann ratio sqrt(<u^2>)/d_nn of ``frames`` about the sites of ``reference``.
+def lindemann_ratio(frames: list[Any]) -> float:
+    """Lindemann ratio sqrt(<u^2>)/d_nn of ``frames`` about their mean positions.
 
     Parameters
     ----------
     frames
-        ASE Atoms (same atoms, unwrapped or wrapped positions, any cell).
-    reference
-        ASE Atoms with the lattice sites (e.g. the MD frame at step 0).
+        At least two ASE Atoms of the same atoms (wrapped or unwrapped positions, any cells,
+        e.g. NPT). Fractional displacements from the first frame are taken by minimum image;
+        the mean over frames gives the sites, the centre-of-mass drift of each frame is removed.
 
     Returns
     -------
     float
-        sqrt of the mean over atoms, frames and the three directions of u_alpha^2,
-        divided by the smallest interatomic distance of ``reference`` (dimensionless).
+        sqrt of the mean over atoms, frames and the three directions of u_alpha^2 (with the
+        N_s / (N_s - 1) correction for sites estimated from the same N_s frames), divided by the
+        smallest interatomic distance of the mean structure (dimensionless).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two frames.
     """
     from ase.neighborlist import neighbor_list
 
-    ref_frac = reference.cell.scaled_positions(reference.positions)
-    u2 = []
+    if len(frames) < 2:
+        raise ValueError(f"the Lindemann ratio needs at least two frames, got {len(frames)}")
+    first = frames[0].cell.scaled_positions(frames[0].positions)
+    scaled = []
     for f in frames:
-        df = f.cell.scaled_positions(f.positions) - ref_frac
+        df = f.cell.scaled_positions(f.positions) - first
         df -= np.round(df)
-        u = df @ f.cell.array
+        scaled.append(first + df)
+    mean = np.mean(scaled, axis=0)
+    u2 = []
+    for f, sf in zip(frames, scaled):
+        u = (sf - mean) @ f.cell.array
         u -= u.mean(axis=0)
         u2.append(np.mean(u * u))
-    d = neighbor_list("d", reference, 6.0)
-    d_nn = float(d.min()) if len(d) else float(np.min(reference.cell.lengths()))
-    return float(np.sqrt(np.mean(u2)) / d_nn)
+    sites = frames[0].copy()
+    sites.set_scaled_positions(mean)
+    d = neighbor_list("d", sites, 6.0)
+    d_nn = float(d.min()) if len(d) else float(np.min(sites.cell.lengths()))
+    n_s = len(frames)
+    return float(np.sqrt(np.mean(u2) * n_s / (n_s - 1)) / d_nn)
+
+
+def block_standard_error(series: np.ndarray) -> float:
+    """Standard error of the mean of a correlated time series by block averaging.
+
+    The series is split into blocks of 1, 2, 4, ... samples; the standard error of the block
+    means is computed at each level with at least 4 blocks, and the largest is returned
+    (the plateau estimate of Flyvbjerg & Petersen, J. Chem. Phys. 91, 461 (1989)).
+
+    Parameters
+    ----------
+    series
+        (n,) float, equally spaced samples (any unit).
+
+    Returns
+    -------
+    float
+        Standard error of the mean (same unit); 0.0 for fewer than 2 samples.
+    """
+    x = np.asarray(series, dtype=np.float64)
+    best = 0.0
+    size = 1
+    while x.size // size >= 4:
+        n_blocks = x.size // size
+        means = x[: n_blocks * size].reshape(n_blocks, size).mean(axis=1)
+        best = max(best, float(means.std(ddof=1) / math.sqrt(n_blocks)))
+        size *= 2
+    return best
+
+
+def equilibration_figures(thermo: Any, n_equil: int, ensemble: str, temperature_K: float, pressure_GPa: float, *,
+                          temperature_tolerance: float = 0.03, pressure_tolerance_GPa: float = 0.3,
+                          volume_drift_tolerance: float = 0.003) -> dict[str, Any]:
+    """Means, standard errors and drift of the sampling window, and the ``equilibrated`` flag.
+
+    Parameters
+    ----------
+    thermo
+        pandas DataFrame of the MD thermo log (columns step, T_K, P_GPa, volume_A3).
+    n_equil
+        First step of the sampling window.
+    ensemble, temperature_K, pressure_GPa
+        The run's ensemble name and targets T0 (K) and P0 (GPa; checked for NPT only).
+    temperature_tolerance, pressure_tolerance_GPa, volume_drift_tolerance
+        Allowed |<T>/T0 - 1|, |<P> - P0| (GPa) and |volume drift| (fraction).
+
+    Returns
+    -------
+    dict
+        window_T_K, window_T_sem_K, window_T_ratio, window_P_GPa, window_P_sem_GPa, window_volume_A3,
+        window_volume_drift (fraction across the window), equilibrated (bool), misses (list of str).
+    """
+    w = thermo[thermo["step"] >= n_equil]
+    steps = w["step"].to_numpy(dtype=np.float64)
+    volume = w["volume_A3"].to_numpy()
+    span = steps[-1] - steps[0] if steps.size > 1 else 0.0
+    drift = float(np.polyfit(steps, volume, 1)[0] * span / volume.mean()) if steps.size > 1 else 0.0
+    out: dict[str, Any] = {
+        "window_T_K": float(w["T_K"].mean()), "window_T_sem_K": block_standard_error(w["T_K"].to_numpy()),
+        "window_P_GPa": float(w["P_GPa"].mean()), "window_P_sem_GPa": block_standard_error(w["P_GPa"].to_numpy()),
+        "window_volume_A3": float(volume.mean()), "window_volume_drift": drift,
+    }
+    out["window_T_ratio"] = out["window_T_K"] / temperature_K
+    misses = []
+    if abs(out["window_T_ratio"] - 1.0) > temperature_tolerance:
+        misses.append(f"mean T {out['window_T_K']:.1f} +- {out['window_T_sem_K']:.1f} K is "
+                      f"{100 * (out['window_T_ratio'] - 1):+.1f} % off the target {temperature_K:g} K "
+                      f"(tolerance {100 * temperature_tolerance:g} %)")
+    if ensemble.startswith("npt"):
+        if abs(out["window_P_GPa"] - pressure_GPa) > pressure_tolerance_GPa:
+            misses.append(f"mean P {out['window_P_GPa']:.2f} GPa is off the target {pressure_GPa:g} GPa by more "
+                          f"than {pressure_tolerance_GPa:g} GPa")
+        if abs(drift) > volume_drift_tolerance:
+            misses.append(f"the volume drifts by {100 * drift:+.2f} % across the window "
+                          f"(tolerance {100 * volume_drift_tolerance:g} %)")
+    out["equilibrated"] = not misses
+    out["misses"] = misses
+    return out
 
 
 def select_steps(n_steps: int, n_equil: int, n_interval: int) -> list[int]:
@@ -133,19 +238,22 @@ def select_steps(n_steps: int, n_equil: int, n_interval: int) -> list[int]:
 
 
 def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path, snapshots_out: str | Path,
-              summary_out: str | Path, *, n_steps: int, n_equil: int, n_interval: int, timestep_fs: float,
-              lindemann_threshold: float = 0.1) -> dict:
+              summary_out: str | Path, *, run_info: str | Path, n_steps: int, n_equil: int, n_interval: int,
+              timestep_fs: float, lindemann_threshold: float = 0.1, temperature_tolerance: float = 0.03,
+              pressure_tolerance_GPa: float = 0.3, volume_drift_tolerance: float = 0.003) -> dict:
     """Select snapshots of one MD run, measure tau_corr, write the snapshots and a JSON summary.
 
     Parameters
     ----------
-    trajectory, velocities, thermo
-        The MD stage's trajectory.traj, velocities.npy (steps n_equil..n_steps) and thermo.csv.
+    trajectory, velocities, thermo, run_info
+        The MD stage's trajectory.traj, velocities.npy (steps n_equil..n_steps), thermo.csv and
+        run.json (ensemble and targets).
     snapshots_out
         ASE trajectory of the selected frames (info: step, time_fs; energy, forces, stress kept).
     summary_out
         JSON: snapshot steps, n_snapshots, tau_corr_fs, tau_corr_resolved,
-        sample_interval_fs, interval_too_short, lindemann_ratio, melted, and production means of the thermo
+        sample_interval_fs, interval_too_short, lindemann_ratio, melted, the equilibration figures of
+        :func:`equilibration_figures` (equilibrated flag included), and production means of the thermo
         log (T_K, P_GPa, volume_A3, E_pot_eV with their standard deviations).
 
     Raises
@@ -163,7 +271,7 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         raise ValueError(f"{trajectory}: snapshot steps {missing} are not in the trajectory")
     snaps = [frames[s] for s in wanted]
 
-    lindemann = lindemann_ratio(snaps, frames[min(frames)])
+    lindemann = lindemann_ratio([frames[min(frames)], *snaps] if len(snaps) < 2 else snaps)
     melted = lindemann > lindemann_threshold
     if melted:
         log.warning("Lindemann ratio %.3f > %.3f: the crystal melted or lost long-range order", lindemann,
@@ -183,6 +291,16 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
 
     th = pd.read_csv(thermo)
     prod = th[th["step"] > n_equil]
+    md = read_json(run_info)["params"]
+    equil = equilibration_figures(th, n_equil, md["ensemble"], md["temperature_K"], md["pressure_GPa"],
+                                  temperature_tolerance=temperature_tolerance,
+                                  pressure_tolerance_GPa=pressure_tolerance_GPa,
+                                  volume_drift_tolerance=volume_drift_tolerance)
+    if equil["equilibrated"]:
+        log.info("sampled ensemble at its targets: mean T %.1f K (target %g K)", equil["window_T_K"],
+                 md["temperature_K"])
+    else:
+        log.warning("run not equilibrated over its sampling window: %s", "; ".join(equil["misses"]))
     summary: dict[str, Any] = {
         "steps": wanted,
         "n_snapshots": len(snaps),
@@ -193,6 +311,7 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         "lindemann_ratio": lindemann,
         "melted": bool(melted),
         "vacf": vacf.tolist(),
+        **equil,
     }
     for col in ("T_K", "P_GPa", "volume_A3", "E_pot_eV"):
         summary[f"mean_{col}"] = float(prod[col].mean())
@@ -209,6 +328,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trajectory", required=True)
     p.add_argument("--velocities", required=True)
     p.add_argument("--thermo", required=True)
+    p.add_argument("--run-info", required=True, help="MD run.json (ensemble, target T and P)")
     p.add_argument("--snapshots-out", required=True)
     p.add_argument("--summary-out", required=True)
     p.add_argument("--params", required=True,
@@ -218,5 +338,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     run_stage(args.trajectory, args.velocities, args.thermo, args.snapshots_out, args.summary_out,
-              **json.loads(args.params))
+              run_info=args.run_info, **json.loads(args.params))
     return 0

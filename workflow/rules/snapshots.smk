@@ -3,6 +3,7 @@ rule snapshots:
         trajectory=out("trajectory"),
         velocities=out("velocities"),
         thermo=out("thermo"),
+        run_info=out("run_info"),
     output:
         snapshots=out("snapshots"),
         summary=out("snapshots_summary"),
@@ -14,5 +15,6 @@ rule snapshots:
         "../../envs/base.yaml"
     shell:
         "python -m mdxrd snapshots --trajectory {input.trajectory:q} --velocities {input.velocities:q}"
-        " --thermo {input.thermo:q} --snapshots-out {output.snapshots:q} --summary-out {output.summary:q}"
+        " --thermo {input.thermo:q} --run-info {input.run_info:q} --snapshots-out {output.snapshots:q}"
+        " --summary-out {output.summary:q}"
         " --params {params.json:q} > {log:q} 2>&1"
