@@ -23,11 +23,10 @@ def _pipeline(tmp_path, temperature_K: float):
     params = MDParams(ensemble="nvt_langevin", temperature_K=temperature_K, seed=5, friction_per_fs=0.02, **md)
     run_md(cu_fcc(a=3.59, repeat=3), params, tmp_path, calc=EMT())
     snapshots.run_stage(tmp_path / "trajectory.traj", tmp_path / "velocities.npy", tmp_path / "thermo.csv",
-                        tmp_path / "snaps.traj", tmp_path / "summary.json", **md)
+                        tmp_path / "snaps.traj", tmp_path / "summary.json", run_info=tmp_path / "run.json", **md)
     xrd.run_stage(tmp_path / "snaps.traj", tmp_path / "refl.parquet", tmp_path / "patterns.npz",
-                  supercell=(3, 3, 3), **XRD)
-    average.run_stage(tmp_path / "refl.parquet", tmp_path / "avg.npz",
-                      **{k: XRD[k] for k in ("two_theta_range", "two_theta_step", "sigma_deg")})
+                  supercell=(3, 3, 3), centring=xrd.centring_translations(cu_fcc(a=3.59, repeat=1)), **XRD)
+    average.run_stage(tmp_path / "patterns.npz", tmp_path / "avg.npz")
     return np.load(tmp_path / "patterns.npz"), np.load(tmp_path / "avg.npz"), pq.read_table(tmp_path / "refl.parquet")
 
 
@@ -49,14 +48,15 @@ def test_average_is_mean_of_snapshot_patterns(cold_hot):
                                atol=1e-12)
 
 
-def test_average_preserves_integrated_intensity(cold_hot):
+def test_average_preserves_integrated_bragg_intensity(cold_hot):
     _, avg, refl = cold_hot[0]
     tt = refl["two_theta"].to_numpy()
     inten = refl["intensity"].to_numpy()
-    inside = (tt > 30.0 + 6 * 0.3) & (tt < 90.0 - 6 * 0.3)  # peaks whose Gaussian lies inside the grid
-    edge = (tt > 30.0 - 6 * 0.3) & (tt < 30.0 + 6 * 0.3) | (tt > 90.0 - 6 * 0.3) & (tt < 90.0 + 6 * 0.3)
+    bragg = refl["is_bragg"].to_numpy(zero_copy_only=False)
+    inside = (tt > 30.0 + 6 * 0.3) & (tt < 90.0 - 6 * 0.3) & bragg  # peaks whose Gaussian lies inside the grid
+    edge = ((tt > 30.0 - 6 * 0.3) & (tt < 30.0 + 6 * 0.3) | (tt > 90.0 - 6 * 0.3) & (tt < 90.0 + 6 * 0.3)) & bragg
     grid = avg["two_theta"]
-    area = avg["intensity"].sum() * (grid[1] - grid[0])
+    area = avg["intensity_bragg"].sum() * (grid[1] - grid[0])
     expected = inten[inside].sum() / 10
     assert expected <= area <= expected + inten[edge].sum() / 10
 
@@ -79,6 +79,9 @@ def test_hotter_pattern_loses_high_angle_intensity(cold_hot):
     assert diffuse_hot > 3 * diffuse_cold > 0
 
 
-def test_average_pattern_validates_count():
-    with pytest.raises(ValueError):
-        average.average_pattern(np.array([40.0]), np.array([1.0]), 0, np.linspace(30, 50, 11), 0.3)
+def test_average_needs_a_snapshot(tmp_path):
+    np.savez(tmp_path / "p.npz", two_theta=np.linspace(30, 50, 11), intensity=np.zeros((0, 11)),
+             intensity_bragg=np.zeros((0, 11)))
+    with pytest.raises(ValueError, match="no snapshot"):
+        average.run_stage(tmp_path / "p.npz", tmp_path / "a.npz")
+    assert not (tmp_path / "a.npz").exists()

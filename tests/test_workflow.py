@@ -88,6 +88,17 @@ def test_tiny_run_dataset(tiny_run):
         snaps = np.stack(run[run.kind == "snapshot"].intensity.to_numpy())
         avg = np.asarray(run[run.kind == "average"].intensity.iloc[0])
         np.testing.assert_allclose(avg, snaps.mean(axis=0), rtol=1e-4, atol=1e-3 * avg.max())
+    # Bragg peaks of the fcc lattice only: nothing at Cu (100) 24.6 deg, (110) 35.1 deg; the diffuse
+    # part there and everywhere is a smooth continuum, not supercell reflections
+    for tot, bragg in zip(df.intensity, df.intensity_bragg):
+        tot, bragg = np.asarray(tot, float), np.asarray(bragg, float)
+        for forbidden in (24.6, 35.1):
+            near = np.abs(grid - forbidden) < 1.0
+            assert (bragg[near] == 0).all() and (tot[near] > 0).all()
+        diffuse = tot - bragg
+        assert np.abs(np.diff(diffuse, 2)).max() < 2e-3 * diffuse.max()
+    # the equilibration figures are in the table
+    assert df.equilibrated.notna().all() and (df.window_T_K > 0).all()
     # NVT keeps the cell, NPT moves it
     nvt = df[(df.ensemble == "nvt_langevin") & (df.kind == "snapshot")]
     npt = df[(df.ensemble == "npt_berendsen") & (df.kind == "snapshot")]

@@ -463,7 +463,8 @@ def check_stage_outputs(refl_path: Path, pat_path: Path, n_frames: int) -> None:
     df = table.to_pandas()
     assert sorted(df["snapshot"].unique()) == list(range(n_frames))
     assert sorted(df["step"].unique()) == [0, 10, 20]
-    lo, hi = extended_range(PARAMS["two_theta_range"], PARAMS["sigma_deg"])
+    radius = xrd.debye_sphere_radius((2 * 5.4307) ** 3)  # the frames' smallest cell
+    lo, hi = extended_range(PARAMS["two_theta_range"], PARAMS["sigma_deg"], LAMBDA, 3 * radius)
     assert df["two_theta"].min() >= lo and df["two_theta"].max() <= hi
     assert df["two_theta"].max() > PARAMS["two_theta_range"][1]  # edge peaks kept
     with np.load(pat_path) as npz:
@@ -472,9 +473,10 @@ def check_stage_outputs(refl_path: Path, pat_path: Path, n_frames: int) -> None:
     assert inten.shape == bragg.shape == (n_frames, grid.size)
     np.testing.assert_array_equal(step, [0, 10, 20])
     assert (bragg <= inten + 1e-9 * inten.max()).all() and (inten > bragg).any()
-    # The mean pattern equals the broadened reflections of all snapshots, weight 1/N.
-    mean = broaden(df["two_theta"].to_numpy(), df["intensity"].to_numpy() / n_frames, grid, PARAMS["sigma_deg"])
-    np.testing.assert_allclose(inten.mean(axis=0), mean, rtol=1e-9, atol=1e-12 * mean.max())
+    # The diffuse part is a continuum: no sharp reflection survives in intensity - intensity_bragg.
+    diffuse = inten - bragg
+    assert (diffuse >= -1e-9 * inten.max()).all()
+    assert np.abs(np.diff(diffuse, 2, axis=1)).max() < 1e-3 * diffuse.max()
     sub = df[df["is_bragg"]]
     mean_b = broaden(sub["two_theta"].to_numpy(), sub["intensity"].to_numpy() / n_frames, grid, PARAMS["sigma_deg"])
     np.testing.assert_allclose(bragg.mean(axis=0), mean_b, rtol=1e-9, atol=1e-12 * mean_b.max())
@@ -490,9 +492,8 @@ def test_run_stage(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     df = pq.read_table(refl_path).to_pandas()
-    r1 = diffract_structure(
-        frames[1], wavelength="CuKa1", two_theta_range=extended_range((20.0, 60.0), 0.2), supercell=(2, 2, 2)
-    )
+    r1 = diffract_structure(frames[1], wavelength="CuKa1", two_theta_range=(df["two_theta"].min() - 1e-9,
+                            df["two_theta"].max() + 1e-9), supercell=(2, 2, 2))
     np.testing.assert_allclose(df[df["snapshot"] == 1]["intensity"].to_numpy(), r1.intensity, rtol=1e-12)
 
 
@@ -545,3 +546,145 @@ def test_cli_xrd_on_cif(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["xrd", str(cif), "--wavelength", "CuKalpha", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "CuKa1" in err
+
+
+# --------------------------------------------------------------------------
+# Bragg peaks of the primitive lattice; thermal diffuse scattering as a continuum
+# --------------------------------------------------------------------------
+
+
+def _c_centred() -> Structure:
+    return Structure.from_spacegroup("Cmcm", Lattice.orthorhombic(3.1, 4.3, 5.2), ["Cu"], [[0, 0.13, 0.25]])
+
+
+def _rhombohedral_hex() -> Structure:
+    return Structure.from_spacegroup("R-3m", Lattice.hexagonal(3.0, 11.0), ["Bi"], [[0, 0, 0.23]])
+
+
+def _bcc_fe() -> Structure:
+    return Structure.from_spacegroup("Im-3m", Lattice.cubic(2.8665), ["Fe"], [[0, 0, 0]])
+
+
+# name -> (structure, the lattice's reflection condition on parent-cell hkl)
+LATTICES = {
+    "F": (cu, lambda h, k, l: ((h % 2 == k % 2) & (k % 2 == l % 2))),
+    "I": (_bcc_fe, lambda h, k, l: (h + k + l) % 2 == 0),
+    "C": (_c_centred, lambda h, k, l: (h + k) % 2 == 0),
+    "R": (_rhombohedral_hex, lambda h, k, l: (-h + k + l) % 3 == 0),
+    "P": (lambda: Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]]), lambda h, k, l: np.ones_like(h, bool)),
+}
+
+
+def test_centring_translations() -> None:
+    assert xrd.centring_translations(cu()) == [[0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]
+    assert xrd.centring_translations(_bcc_fe()) == [[0.5, 0.5, 0.5]]
+    assert xrd.centring_translations(_c_centred()) == [[0.5, 0.5, 0.0]]
+    r = xrd.centring_translations(_rhombohedral_hex())
+    np.testing.assert_allclose(r, [[1 / 3, 2 / 3, 2 / 3], [2 / 3, 1 / 3, 1 / 3]], atol=1e-12)
+    assert xrd.centring_translations(si()) == xrd.centring_translations(cu())  # the basis is no centring
+    assert xrd.centring_translations(LATTICES["P"][0]()) == []
+
+
+@pytest.mark.parametrize("name", list(LATTICES))
+def test_bragg_flag_follows_the_primitive_lattice(name: str) -> None:
+    make, allowed = LATTICES[name]
+    parent = make()
+    centring = xrd.centring_translations(parent)
+    n = 2
+    s = displaced(parent * (n, n, n), 0.05, seed=3)
+    r = diffract_structure(s, supercell=(n, n, n), centring=centring)
+    h, k, l = r.hkl.T
+    integer = (r.hkl % n == 0).all(axis=1)
+    expected = integer & allowed(h // n, k // n, l // n)
+    np.testing.assert_array_equal(r.is_bragg, expected)
+    # lattice-forbidden integer points exist (zone boundary) and are diffuse, except for P
+    assert (integer & ~expected).any() == (name != "P")
+
+
+def test_basis_extinctions_stay_bragg() -> None:
+    # diamond (200) and (222): allowed by the F lattice, extinct by the two-atom basis only
+    r = diffract_structure(si() * (2, 2, 2), supercell=(2, 2, 2), centring=xrd.centring_translations(si()))
+    for hkl in ([4, 0, 0], [4, 4, 4]):
+        i = int(np.flatnonzero((r.hkl == hkl).all(axis=1))[0])
+        assert r.is_bragg[i] and r.intensity[i] < 1e-20
+
+
+def _laue_frames(parent: Structure, n: int, n_snap: int, sigma: float, seed: int = 0):
+    """Snapshots of a supercell with independent Gaussian displacements (Einstein solid)."""
+    sc = parent * (n, n, n)
+    cell, frac0, species = arrays(sc)
+    rng = np.random.default_rng(seed)
+    frac = frac0[None] + rng.normal(0.0, sigma, (n_snap, len(sc), 3)) @ np.linalg.inv(cell)
+    return np.broadcast_to(cell, (n_snap, 3, 3)), frac, species
+
+
+def test_diffuse_continuum_matches_laue_scattering() -> None:
+    # Independent displacements <u_x^2> = sigma^2 give the Laue diffuse intensity N f^2 (1 - exp(-2 B s^2)),
+    # B = 8 pi^2 sigma^2, the same at every non-Bragg point: per unit |G| a smooth
+    # 4 pi G^2 V_p n_p (1 - f_B) f^2 (1 - e^{-2Bs^2}) LP. The continuum must follow it; drawn as
+    # sharp supercell reflections it would show a false peak at every supercell shell.
+    n, n_snap, sigma = 3, 24, 0.1
+    cells, frac, species = _laue_frames(cu(), n, n_snap, sigma)
+    centring = xrd.centring_translations(cu())
+    volume = abs(np.linalg.det(cells[0]))
+    grid = two_theta_grid(20.0, 85.0, 0.02)
+    ext = extended_range((20.0, 85.0), 0.3, LAMBDA, 3 * xrd.debye_sphere_radius(volume))
+    refl = diffract(cells, frac, species, supercell=(n, n, n), two_theta_range=ext, centring=centring)
+    weights = np.stack([r.intensity for r in refl])
+    f_bragg = 1.0 / (n**3 * 4)
+    total, bragg = xrd.powder_pattern(refl[0], weights, grid, 0.3, LAMBDA, volume, f_bragg)
+    diffuse = (total - bragg).mean(axis=0)
+    theta = np.radians(grid / 2)
+    s = np.sin(theta) / LAMBDA
+    lp = (1 + np.cos(2 * theta) ** 2) / (np.sin(theta) ** 2 * np.cos(theta))
+    b_factor = 8 * math.pi**2 * sigma**2
+    laue = (4 * math.pi * (2 * s) ** 2 * cu().volume * 4 * (1 - f_bragg) * scattering_factor("Cu", s) ** 2
+            * (1 - np.exp(-2 * b_factor * s**2)) * lp * np.cos(theta) * math.pi / (180 * LAMBDA))
+    np.testing.assert_allclose(diffuse, laue, rtol=0.06)
+    # the sticks it replaces had sharp maxima at the supercell shells
+    sticks = broaden(refl[0].two_theta[~refl[0].is_bragg], weights[:, ~refl[0].is_bragg].mean(axis=0), grid, 0.3)
+    assert np.abs(sticks / laue - 1).max() > 0.5
+
+
+def test_diffuse_continuum_keeps_intensity() -> None:
+    cells, frac, species = _laue_frames(si(), 2, 4, 0.1, seed=2)
+    volume = abs(np.linalg.det(cells[0]))
+    refl = diffract(cells, frac, species, supercell=(2, 2, 2), two_theta_range=(5.0, 120.0),
+                    centring=xrd.centring_translations(si()))
+    d = ~refl[0].is_bragg
+    weights = np.stack([r.intensity[d] for r in refl])
+    wide = two_theta_grid(0.01, 179.99, 0.01)
+    cont = xrd.diffuse_continuum(refl[0].two_theta[d], weights, refl[0].multiplicity[d], wide, LAMBDA, volume, 1 / 32)
+    np.testing.assert_allclose(cont.sum(axis=1) * 0.01, weights.sum(axis=1), rtol=1e-3)
+    assert (cont >= 0).all()
+    # nothing above the last sample, and it fades below the first one
+    last = refl[0].two_theta[d].max()
+    assert (cont[:, wide > last + 0.5] == 0).all()  # the |G| mesh reaches ~0.25 deg past it
+    assert (cont[:, wide < 1.0] < 1e-3 * cont.max()).all()
+    with pytest.raises(ValueError):
+        xrd.diffuse_continuum(refl[0].two_theta[d], weights, refl[0].multiplicity[d], wide, LAMBDA, volume, 1.0)
+
+
+def test_stage_bragg_pattern_is_zero_at_fcc_forbidden_positions(tmp_path: Path) -> None:
+    import ase.io
+    from ase.build import bulk
+
+    base = bulk("Cu", "fcc", a=3.615, cubic=True)
+    frames = []
+    rng = np.random.default_rng(4)
+    for k in range(4):
+        atoms = base.repeat(2)
+        atoms.positions += rng.normal(0.0, 0.1, atoms.positions.shape)
+        atoms.info.update(step=10 * k, time_fs=10.0 * k)
+        frames.append(atoms)
+    ase.io.write(tmp_path / "s.traj", frames)
+    params = {**PARAMS, "two_theta_range": [10.0, 60.0], "sigma_deg": 0.3}
+    xrd.run_stage(tmp_path / "s.traj", tmp_path / "r.parquet", tmp_path / "p.npz",
+                  centring=xrd.centring_translations(base), **params)
+    with np.load(tmp_path / "p.npz") as npz:
+        grid, bragg, total = npz["two_theta"], npz["intensity_bragg"], npz["intensity"]
+    for forbidden in (24.61, 35.08):  # Cu (100), (110): X and zone-boundary points of fcc
+        near = np.abs(grid - forbidden) < 1.0
+        assert (bragg[:, near] == 0.0).all()
+        assert (total[:, near] > 0.0).all()  # diffuse scattering is there
+    assert bragg[:, np.abs(grid - 43.3) < 0.3].min() > 0  # (111)

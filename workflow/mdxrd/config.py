@@ -115,6 +115,7 @@ def md_params(config: dict[str, Any], key: RunKey) -> dict[str, Any]:
         "threads": md["threads"],
         "calculator": md["calculator"],
         "npt_integrator": md["npt_integrator"],
+        **{k: md[k] for k in ("npt_cell", "start_temperature_factor", "npt_pre_steps", "equil_taup_fs")},
     }
 
 
@@ -130,7 +131,8 @@ def snapshot_params(config: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :func:`mdxrd.snapshots.run_stage`."""
     md = config["md"]
     return {**{k: md[k] for k in ("n_steps", "n_equil", "n_interval", "timestep_fs")},
-            "lindemann_threshold": config["snapshots"]["lindemann_threshold"]}
+            **{k: config["snapshots"][k] for k in ("lindemann_threshold", "temperature_tolerance",
+                                                     "pressure_tolerance_GPa", "volume_drift_tolerance")}}
 
 
 def xrd_params(config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
@@ -141,12 +143,6 @@ def xrd_params(config: dict[str, Any], name: str | None = None) -> dict[str, Any
     if name is not None:
         out["supercell"] = list(crystal(config, name).get("supercell", [2, 2, 2]))
     return out
-
-
-def average_params(config: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :func:`mdxrd.average.run_stage`."""
-    p = xrd_params(config)
-    return {k: p[k] for k in ("two_theta_range", "two_theta_step", "sigma_deg")}
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ seed                  int64    the run's random seed
 snapshot              int32    snapshot index in the run; null for averages
 step, time_fs         int64, float64  MD step and time; null for averages
 n_snapshots           int32    snapshots in the run
-T_K                   float64  measured temperature (instantaneous; mean for averages)
+T_K                   float64  measured kinetic temperature 2 E_kin / ((3N - 3) k_B) (instantaneous; mean for averages)
 P_GPa                 float64  measured pressure incl. kinetic term (mean for averages)
 a, b, c               float64  parent-cell lattice lengths, Angstrom (supercell / n)
 alpha, beta, gamma    float64  lattice angles, degrees
@@ -31,10 +31,17 @@ tau_corr_fs           float64  velocity autocorrelation time of the run
 interval_too_short    bool     n_interval dt < tau_corr
 lindemann_ratio       float64  sqrt(<u^2>)/d_nn of the run (u along one direction)
 melted                bool     lindemann_ratio above snapshots.lindemann_threshold
+equilibrated          bool     the run's sampling window met its targets (mean T; NPT: mean P, volume drift)
+window_T_K            float64  mean kinetic T over the sampling window (steps >= n_equil) of the thermo log
+window_T_sem_K        float64  its standard error (block averaging)
+window_P_GPa          float64  mean pressure over the sampling window
+window_volume_drift   float64  volume change across the sampling window (linear fit), fraction
 supercell             list<int32>  (na, nb, nc)
 n_atoms               int32    atoms in the simulation cell
-intensity             list<float32>  pattern on the 2theta grid, per degree, per parent cell
-intensity_bragg       list<float32>  same, parent Bragg reflections only
+intensity             list<float32>  pattern on the 2theta grid, per degree, per parent cell: Bragg
+                                     reflections (instrument Gaussian) plus thermal diffuse scattering
+                                     as a smooth continuum in |Q| (mdxrd.xrd.diffuse_continuum)
+intensity_bragg       list<float32>  same, Bragg reflections of the parent's primitive lattice only
 ===================== ======== ===================================================
 
 Metadata keys: ``mdxrd.config`` (resolved config, YAML), ``mdxrd.config_sha256``,
@@ -78,7 +85,9 @@ def schema() -> Any:
         ("P_GPa", pa.float64()), ("a", pa.float64()), ("b", pa.float64()), ("c", pa.float64()),
         ("alpha", pa.float64()), ("beta", pa.float64()), ("gamma", pa.float64()), ("volume_A3", pa.float64()),
         ("energy_per_atom_eV", pa.float64()), ("tau_corr_fs", pa.float64()), ("interval_too_short", pa.bool_()),
-        ("lindemann_ratio", pa.float64()), ("melted", pa.bool_()),
+        ("lindemann_ratio", pa.float64()), ("melted", pa.bool_()), ("equilibrated", pa.bool_()),
+        ("window_T_K", pa.float64()), ("window_T_sem_K", pa.float64()), ("window_P_GPa", pa.float64()),
+        ("window_volume_drift", pa.float64()),
         ("supercell", pa.list_(pa.int32())), ("n_atoms", pa.int32()),
         ("intensity", pa.list_(pa.float32())), ("intensity_bragg", pa.list_(pa.float32())),
     ])
@@ -104,9 +113,11 @@ def _snapshot_labels(atoms: Any, supercell: list[int]) -> dict[str, float]:
     """Measured labels of one snapshot frame: T, P, parent-cell lattice, energy per atom."""
     from ase import units
 
+    from mdxrd.md import kinetic_temperature
+
     n = len(atoms)
     e_kin = float(atoms.get_kinetic_energy())
-    temp = 2.0 * e_kin / (3.0 * n * units.kB)
+    temp = kinetic_temperature(e_kin, n)
     volume = float(atoms.get_volume())
     stress = atoms.get_stress()  # potential part, eV/A^3 (ASE sign: P = -trace/3)
     pressure = (-float(np.mean(stress[:3])) + 2.0 * e_kin / (3.0 * volume)) / units.GPa
@@ -155,6 +166,8 @@ def build_rows(config: dict[str, Any], results: str | Path) -> tuple[list[dict[s
             "replica": key.replica, "seed": run["params"]["seed"], "n_snapshots": len(frames),
             "tau_corr_fs": summary["tau_corr_fs"], "interval_too_short": summary["interval_too_short"],
             "lindemann_ratio": summary["lindemann_ratio"], "melted": summary["melted"],
+            **{k: summary[k] for k in ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa",
+                                       "window_volume_drift")},
             "supercell": supercell, "n_atoms": run["n_atoms"],
         }
         labels = [_snapshot_labels(f, supercell) for f in frames]

@@ -159,13 +159,17 @@ def run_stage(cif: str | Path, cif_out: str | Path, supercell_out: str | Path, i
     Returns the JSON record (also written to ``info_out``): name, formula,
     space_group, space_group_number, n_atoms_cell, n_atoms, supercell,
     lattice a0 (a, b, c in Angstrom; alpha, beta, gamma in degrees), volume_A3 of
-    the unit cell, E0_eV_per_atom, relaxed, relax_steps, relax_converged.
+    the unit cell, centring_translations (fractional pure translations of the cell,
+    :func:`mdxrd.xrd.centring_translations`, for the Bragg/diffuse split),
+    E0_eV_per_atom, relaxed, relax_steps, relax_converged.
     """
     import torch
     from ase.io import write
     from pymatgen.io.ase import AseAtomsAdaptor
     from pymatgen.io.cif import CifWriter
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from mdxrd.xrd import centring_translations
 
     torch.set_num_threads(params.threads)
     structure = read_structure(cif)
@@ -193,6 +197,7 @@ def run_stage(cif: str | Path, cif_out: str | Path, supercell_out: str | Path, i
         "n_atoms": len(relaxed) * int(np.prod(params.supercell)),
         "a0": {"a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta, "gamma": lat.gamma},
         "volume_A3": lat.volume,
+        "centring_translations": centring_translations(relaxed),
         "E0_eV_per_atom": energy / len(relaxed) if params.relax else None,
         "relaxed": params.relax,
         "relax_steps": steps,

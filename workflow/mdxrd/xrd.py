@@ -49,9 +49,18 @@ Algorithm, for every snapshot (cell rows :math:`\mathbf a_1, \mathbf a_2,
    where :math:`M = n_a n_b n_c` is the supercell multiple: intensities are per
    parent unit cell, so a static supercell gives the parent cell's pattern.
    The multiplicity is implicit: every point of the shell is enumerated.
-6. Bragg versus diffuse. A point is a Bragg reflection of the parent lattice
-   when :math:`h \bmod n_a = k \bmod n_b = l \bmod n_c = 0`; all other points
-   carry thermal diffuse scattering. The split is by index, never by angle.
+6. Bragg versus diffuse. A point is a Bragg reflection of the parent crystal
+   when its scattering vector is a reciprocal lattice vector of the parent's
+   *primitive* lattice: the parent-cell indices
+   :math:`(h/n_a, k/n_b, l/n_c)` are integers and
+   :math:`(h/n_a) t_1 + (k/n_b) t_2 + (l/n_c) t_3 \in \mathbb Z` for every
+   centring translation :math:`\mathbf t` of the parent cell (the pure
+   translations of its space group, :func:`centring_translations`; e.g.
+   (0, 1/2, 1/2) for F). For a centred cell the other integer points are
+   zone-boundary points of the primitive lattice (fcc (100), bcc (100)) and
+   carry thermal diffuse scattering, like every non-integer point. Reflections
+   extinct by the basis only (diamond (200), (222)) stay Bragg: anharmonic
+   motion can give them intensity. The split is by index, never by angle.
 7. Merging. Points whose :math:`2\theta` agree within ``TWO_THETA_TOL``
    (1e-5 degrees, as pymatgen) and that have the same Bragg flag form one
    reflection: intensities summed, multiplicity = number of points, hkl = the
@@ -72,6 +81,21 @@ Broadening (:func:`broaden`) turns reflections into a pattern on a uniform
 :math:`2\theta` grid: one area-normalized profile per reflection, Gaussian by
 default, optionally pseudo-Voigt and with a Caglioti width (Caglioti, Paoletti
 & Ricci, Nucl. Instrum. 3, 223 (1958)).
+
+Thermal diffuse scattering as a continuum (:func:`diffuse_continuum`,
+:func:`powder_pattern`). A supercell of volume :math:`V` samples the diffuse
+intensity, a continuous function of :math:`\mathbf G`, only on its own
+reciprocal lattice: one point per reciprocal cell of volume :math:`1/V`. Drawn
+as sharp reflections those samples look like superlattice peaks that no
+measured pattern has. A powder sees the spherical average of the diffuse
+intensity at each :math:`q = |\mathbf G|`; it is estimated as a smooth function
+of :math:`q` by kernel regression of the samples (mean intensity per point,
+LP factor taken out) with a Gaussian kernel as wide as the radius
+:math:`r = (3/(4\pi V))^{1/3}` of the sphere of one point's reciprocal volume
+(Debye's equal-volume sphere; Debye, Ann. Phys. 344, 789 (1912)), multiplied
+by the number of diffuse points per unit :math:`q`, :math:`4\pi q^2 V(1 - f_B)`,
+and by LP(q). Its integral equals the samples' summed intensity. Bragg
+reflections stay sharp (instrument profile only).
 """
 
 from __future__ import annotations
@@ -346,6 +370,7 @@ def _geometry(
     supercell: tuple[int, int, int],
     elements: Sequence[str],
     b_iso: Mapping[str, float],
+    centring: np.ndarray,
 ) -> _Geometry | None:
     """Enumerate the Friedel half of the shell of ``cell`` and group it; None if empty."""
     recip = np.linalg.inv(cell).T  # rows b1, b2, b3: a_i . b_j = delta_ij
@@ -385,6 +410,9 @@ def _geometry(
     two_theta = np.degrees(2.0 * np.arcsin(np.minimum(wavelength * gp / 2.0, 1.0)))
     na, nb, nc = supercell
     bragg = (h_int % na == 0)[ih] & (k_int % nb == 0)[ik] & (l_int % nc == 0)[il]
+    for t in centring:  # G . t integer for every centring vector: a primitive-lattice vector
+        phase = (h_int * (t[0] / na))[ih] + (k_int * (t[1] / nb))[ik] + (l_int * (t[2] / nc))[il]
+        bragg &= np.abs(phase - np.round(phase)) < 1e-6
 
     # Group: sort by a key that puts Bragg points (key -2theta) before diffuse
     # ones (key +2theta, > 0 as G != 0); a group starts where the flag changes or
@@ -547,6 +575,42 @@ def _check_supercell(supercell: Sequence[int]) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def centring_translations(structure: Any, symprec: float = 1e-3) -> list[list[float]]:
+    """Pure lattice translations of a crystal's cell (its centring vectors), fractional.
+
+    The translations t != 0 (mod 1) of the space-group operations whose rotation is the
+    identity (spglib through pymatgen's ``SpacegroupAnalyzer``), in the basis of the
+    given cell, each component reduced to [0, 1) and snapped to a fraction with
+    denominator <= 24. Empty for a primitive cell; [[0, .5, .5], [.5, 0, .5], [.5, .5, 0]]
+    for a conventional F cell; [[2/3, 1/3, 1/3], [1/3, 2/3, 2/3]] for R in hexagonal axes.
+    The primitive lattice of the crystal is the cell's lattice plus these vectors
+    (International Tables for Crystallography Vol. A, sec. 1.2 and 2.1.3).
+
+    Args:
+        structure: pymatgen ``Structure`` or ASE ``Atoms`` (converted), ordered.
+        symprec: symmetry tolerance, Angstrom.
+
+    Returns:
+        Sorted list of [t1, t2, t3].
+    """
+    from fractions import Fraction
+
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    if not hasattr(structure, "lattice"):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        structure = AseAtomsAdaptor.get_structure(structure)
+    dataset = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset()
+    out = set()
+    for rot, trans in zip(dataset.rotations, dataset.translations):
+        if np.array_equal(rot, np.eye(3, dtype=rot.dtype)):
+            t = tuple(float(Fraction(float(x) % 1.0).limit_denominator(24)) % 1.0 for x in trans)
+            if any(t):
+                out.add(t)
+    return [list(t) for t in sorted(out)]
+
+
 def diffract(
     cells: np.ndarray,
     frac_coords: np.ndarray,
@@ -556,6 +620,7 @@ def diffract(
     two_theta_range: tuple[float, float] = (10.0, 90.0),
     supercell: tuple[int, int, int] = (1, 1, 1),
     b_iso: Mapping[str, float] | None = None,
+    centring: Sequence[Sequence[float]] = (),
 ) -> list[Reflections]:
     """Powder diffraction reflections of a batch of snapshots (see module docstring).
 
@@ -576,6 +641,10 @@ def diffract(
             Leave it None for MD snapshots: their coordinates already carry the
             thermal motion, and averaging snapshot intensities produces the
             Debye-Waller decay; adding B would count it twice.
+        centring: Centring translations of the parent cell, fractional
+            (:func:`centring_translations`); a point is Bragg only when its
+            parent-cell indices are integers with an integer product with each.
+            Empty: the parent cell is taken as primitive.
 
     Returns:
         One :class:`Reflections` per snapshot, in input order.
@@ -609,6 +678,7 @@ def diffract(
     tt_range = _check_range(two_theta_range)
     sc = _check_supercell(supercell)
     b_iso = dict(b_iso or {})
+    centring_arr = np.asarray(centring, dtype=np.float64).reshape(-1, 3)
 
     elements = list(dict.fromkeys(species))
     for symbol in elements:
@@ -627,7 +697,7 @@ def diffract(
     for i in range(n_snap):
         by_cell.setdefault(cells_arr[i].tobytes(), []).append(i)
     for indices in by_cell.values():
-        geo = _geometry(cells_arr[indices[0]], lam, tt_range, sc, elements, b_iso)
+        geo = _geometry(cells_arr[indices[0]], lam, tt_range, sc, elements, b_iso, centring_arr)
         if geo is None:
             for i in indices:
                 results[i] = _empty_reflections()
@@ -733,14 +803,158 @@ def two_theta_grid(start: float = 10.0, stop: float = 90.0, step: float = 0.02) 
     return start + step * np.arange(n, dtype=np.float64)
 
 
-def extended_range(two_theta_range: Sequence[float], sigma_deg: float) -> tuple[float, float]:
+def extended_range(
+    two_theta_range: Sequence[float], sigma_deg: float, wavelength: float = 1.0, q_margin_per_A: float = 0.0
+) -> tuple[float, float]:
     """``two_theta_range`` widened by 5 sigma each side, clipped to [0, 180] degrees.
 
     Reflections just outside a pattern's range spill into it once broadened;
-    computing them over this range keeps the edge intensity right.
+    computing them over this range keeps the edge intensity right. With
+    ``q_margin_per_A`` > 0 the range is widened further by that much in
+    |G| = 2 sin(theta)/lambda (1/Angstrom, ``wavelength`` in Angstrom): the reach
+    of :func:`diffuse_continuum`'s kernel.
     """
     lo, hi = (float(v) for v in two_theta_range)
-    return max(0.0, lo - 5.0 * sigma_deg), min(180.0, hi + 5.0 * sigma_deg)
+    lo, hi = max(0.0, lo - 5.0 * sigma_deg), min(180.0, hi + 5.0 * sigma_deg)
+    if q_margin_per_A > 0.0:
+        g_lo = max(0.0, _g_of(lo, wavelength) - q_margin_per_A)
+        g_hi = _g_of(hi, wavelength) + q_margin_per_A
+        lo = _two_theta_of(g_lo, wavelength)
+        hi = 180.0 if g_hi * wavelength >= 2.0 else _two_theta_of(g_hi, wavelength)
+    return lo, hi
+
+
+def _g_of(two_theta_deg: Any, wavelength: float) -> Any:
+    """|G| = 2 sin(theta)/lambda, 1/Angstrom, of 2theta in degrees."""
+    return 2.0 * np.sin(np.radians(np.asarray(two_theta_deg, dtype=np.float64) / 2.0)) / wavelength
+
+
+def _two_theta_of(g: Any, wavelength: float) -> Any:
+    """2theta in degrees of |G| (1/Angstrom), clipped at 180."""
+    return np.degrees(2.0 * np.arcsin(np.minimum(np.asarray(g, dtype=np.float64) * wavelength / 2.0, 1.0)))
+
+
+def debye_sphere_radius(volume_A3: float) -> float:
+    """Radius of the sphere of volume 1/V in reciprocal space, 1/Angstrom: (3 / (4 pi V))^(1/3).
+
+    ``volume_A3`` is the simulation cell (supercell) volume, Angstrom^3; its reciprocal cell,
+    the reciprocal-space volume one diffuse sample stands for, has volume 1/V (Debye's
+    equal-volume sphere, see the module docstring).
+
+    Raises:
+        ValueError: volume not positive.
+    """
+    if not volume_A3 > 0:
+        raise ValueError(f"volume_A3 must be > 0, got {volume_A3!r}")
+    return (3.0 / (4.0 * math.pi * float(volume_A3))) ** (1.0 / 3.0)
+
+
+def diffuse_continuum(
+    two_theta: np.ndarray,
+    intensity: np.ndarray,
+    multiplicity: np.ndarray,
+    grid: np.ndarray,
+    wavelength: float,
+    volume_A3: float,
+    bragg_fraction: float,
+) -> np.ndarray:
+    """Thermal diffuse scattering of a supercell's samples as a smooth function of |G|, on a 2theta grid.
+
+    The diffuse reflections are samples of a continuous intensity at the supercell's
+    reciprocal lattice points (module docstring). Their mean per point, with the
+    Lorentz-polarization factor and the q^2 of one-phonon scattering taken out (first-order
+    thermal diffuse scattering grows as |G|^2 f^2 kT / (m omega^2); Warren, *X-Ray
+    Diffraction*, 1969, ch. 11), is estimated as a smooth function of q = |G| =
+    2 sin(theta)/lambda by Nadaraya-Watson kernel regression (Nadaraya, Theory Probab.
+    Appl. 9, 141 (1964); Watson, Sankhya A 26, 359 (1964)) with a Gaussian kernel of
+    standard deviation r = :func:`debye_sphere_radius` (the reach of one sample):
+
+        z(q) = sum_i (I_i / (LP_i q_i^2)) K(q - q_i) / sum_i m_i K(q - q_i),
+
+    I_i the intensity and m_i the multiplicity (points) of reflection i; taking out q^2
+    removes most of the bias a kernel average has where the points thin out towards q = 0.
+    The diffuse pattern is then z(q) q^2 times the number of diffuse points per unit |G|,
+    4 pi q^2 V (1 - f_B) (V the cell volume; a fraction f_B of the points is Bragg), times
+    LP(q), converted to intensity per degree 2theta (dq/d2theta = cos(theta) pi / (180 lambda)).
+    Unlike drawing each sample as a sharp reflection (false superlattice peaks) or
+    spreading it over a sphere around itself (ripples where the lattice's shells crowd,
+    holes at the Bragg points, whose own diffuse share no sample measures), the
+    estimate has neither. Below the first sample the denominator is held at its value
+    there, so the estimate fades with the kernel instead of extrapolating to 2theta = 0.
+    Above the last sample it is zero (compute samples beyond the grid: :func:`extended_range`).
+    A final factor per pattern (a few %: the kernel averages the steep LP(q) and the
+    fade) makes the integral over |G| equal the samples' summed intensity, so the diffuse
+    intensity is kept (to the grid's interpolation, ~1e-3) and only redistributed in |G|.
+
+    Args:
+        two_theta: (n,) diffuse reflection positions, degrees.
+        intensity: (n,) or (m, n) intensities (per parent cell, LP included).
+        multiplicity: (n,) points per reflection.
+        grid: (n_grid,) uniform ascending 2theta grid, degrees.
+        wavelength: Angstrom.
+        volume_A3: simulation cell volume, Angstrom^3.
+        bragg_fraction: fraction of the supercell's reciprocal lattice points that are
+            Bragg points: 1 / (primitive parent cells in the supercell).
+
+    Returns:
+        (n_grid,) or (m, n_grid) float64, intensity per degree 2theta.
+
+    Raises:
+        ValueError: shape mismatch, volume not positive, bragg_fraction outside [0, 1).
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    tt = np.asarray(two_theta, dtype=np.float64).ravel()
+    weights = np.asarray(intensity, dtype=np.float64)
+    mult = np.asarray(multiplicity, dtype=np.float64).ravel()
+    grid = np.asarray(grid, dtype=np.float64)
+    if weights.ndim not in (1, 2) or weights.shape[-1] != tt.size or mult.size != tt.size:
+        raise ValueError(f"intensity must have shape ({tt.size},) or (m, {tt.size}) and multiplicity ({tt.size},)")
+    if not 0.0 <= bragg_fraction < 1.0:
+        raise ValueError(f"bragg_fraction must be in [0, 1), got {bragg_fraction!r}")
+    radius = debye_sphere_radius(volume_A3)
+    out = np.zeros(weights.shape[:-1] + (grid.size,))
+    if tt.size == 0:
+        return out
+    g = _g_of(tt, wavelength)
+    theta = np.radians(tt / 2.0)
+    lp = (1.0 + np.cos(2.0 * theta) ** 2) / (np.sin(theta) ** 2 * np.cos(theta))
+    # Kernel sums on a fine uniform |G| mesh (binning then Gaussian filtering).
+    dq = radius / 40.0
+    g_grid = _g_of(np.clip(grid, 1e-6, 180.0), wavelength)
+    n_mesh = int(math.ceil(max(g.max(), g_grid.max()) / dq)) + 2
+    pos = g / dq
+    lo = np.floor(pos).astype(np.int64)
+    frac = pos - lo
+    def mesh(values: np.ndarray) -> np.ndarray:  # linear binning, then the Gaussian kernel
+        flat = np.atleast_2d(values)
+        res = np.zeros((flat.shape[0], n_mesh + 1))
+        for row, v in enumerate(flat):
+            res[row] = np.bincount(lo, v * (1.0 - frac), minlength=n_mesh + 1) + np.bincount(
+                lo + 1, v * frac, minlength=n_mesh + 1)
+        return gaussian_filter1d(res, radius / dq, axis=-1, mode="constant", truncate=6.0)
+
+    def lorentz_polarization(g_values: np.ndarray) -> np.ndarray:
+        th = np.arcsin(np.clip(g_values * wavelength / 2.0, 1e-9, 1.0 - 1e-12))
+        return (1.0 + np.cos(2.0 * th) ** 2) / (np.sin(th) ** 2 * np.cos(th))
+
+    mesh_g = dq * np.arange(n_mesh + 1)
+    counts = mesh(mult)[0]
+    # Below the first sample, hold the denominator at its value there: the estimate
+    # then fades with the kernel's tail instead of extrapolating a plateau to 2theta = 0.
+    first = min(int(round(g.min() / dq)), n_mesh)
+    counts[:first] = counts[first]
+    continuum = mesh(weights / (lp * g * g)) / np.maximum(counts, 1e-300)  # mean per point / (LP q^2)
+    continuum *= 4.0 * math.pi * mesh_g**4 * float(volume_A3) * (1.0 - bragg_fraction) * lorentz_polarization(
+        mesh_g)  # intensity per unit |G|
+    continuum[:, mesh_g > g.max()] = 0.0  # no sample beyond the last one
+    # One factor per pattern makes the estimate keep the samples' intensity exactly.
+    total = continuum.sum(axis=1) * dq
+    continuum *= (np.atleast_2d(weights).sum(axis=1) / np.where(total > 0, total, 1.0))[:, None]
+    theta_grid = np.radians(np.clip(grid, 0.0, 180.0) / 2.0)
+    per_degree = np.cos(theta_grid) * math.pi / (180.0 * wavelength)  # d|G| / d(2theta)
+    result = np.stack([np.interp(g_grid, mesh_g, row) for row in continuum]) * per_degree
+    return result.reshape(out.shape)
 
 
 def _profile_block(
@@ -903,6 +1117,49 @@ def broaden(
     return out
 
 
+def powder_pattern(
+    reflections: Reflections,
+    intensity: np.ndarray,
+    grid: np.ndarray,
+    sigma_deg: float,
+    wavelength: float,
+    volume_A3: float,
+    bragg_fraction: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Broadened pattern of reflections: Bragg sharp, thermal diffuse scattering as a continuum.
+
+    Bragg reflections get the instrument Gaussian (:func:`broaden`); the diffuse ones
+    become :func:`diffuse_continuum` on a grid padded by 6 sigma, then convolved with the
+    same unit-area Gaussian (sampled, renormalized; ``scipy.ndimage.gaussian_filter1d``).
+
+    Args:
+        reflections: positions, multiplicities and flags shared by the patterns.
+        intensity: (n,) or (m, n) intensities on those reflections.
+        grid: (n_grid,) uniform ascending 2theta grid, degrees.
+        sigma_deg: instrument Gaussian standard deviation, degrees 2theta.
+        wavelength: Angstrom.
+        volume_A3: simulation cell volume, Angstrom^3.
+        bragg_fraction: 1 / (primitive parent cells in the supercell).
+
+    Returns:
+        (total, bragg): intensity per degree on ``grid``, shape (n_grid,) or (m, n_grid);
+        total = Bragg + diffuse.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    weights = np.asarray(intensity, dtype=np.float64)
+    bragg_mask = np.asarray(reflections.is_bragg, dtype=bool)
+    tt = np.asarray(reflections.two_theta)
+    bragg = broaden(tt[bragg_mask], weights[..., bragg_mask], grid, sigma_deg)
+    step = (grid[-1] - grid[0]) / (grid.size - 1)
+    pad = int(math.ceil(6.0 * sigma_deg / step))
+    padded = grid[0] + step * np.arange(-pad, grid.size + pad)
+    diffuse = diffuse_continuum(tt[~bragg_mask], weights[..., ~bragg_mask], reflections.multiplicity[~bragg_mask],
+                                padded, wavelength, volume_A3, bragg_fraction)
+    diffuse = gaussian_filter1d(diffuse, sigma_deg / step, axis=-1, mode="constant", truncate=6.0)
+    return bragg + diffuse[..., pad : pad + grid.size], bragg
+
+
 # --------------------------------------------------------------------------
 # Workflow stage
 # --------------------------------------------------------------------------
@@ -924,11 +1181,14 @@ def run_stage(
     two_theta_step: float,
     sigma_deg: float,
     supercell: Sequence[int],
+    centring: Sequence[Sequence[float]] = (),
 ) -> None:
     """XRD of every snapshot of a trajectory: reflections (Parquet) and patterns (npz).
 
-    Reflections are computed over :func:`extended_range` so peaks just outside
-    the range contribute their tails; the Parquet file holds all of them.
+    Reflections are computed over :func:`extended_range` (widened by three widths of the
+    diffuse kernel) so peaks and diffuse samples just outside the range contribute;
+    the Parquet file holds all of them. Patterns: :func:`powder_pattern` (Bragg sharp,
+    diffuse samples as a continuum in |G| for each snapshot's cell).
 
     Args:
         snapshots_path: ASE-readable trajectory; frames share species order;
@@ -938,14 +1198,15 @@ def run_stage(
             step (int64), two_theta, d_spacing, h, k, l, multiplicity,
             intensity, is_bragg.
         patterns_out: npz with two_theta (n_grid,), intensity and
-            intensity_bragg (n_snap, n_grid) float64 (Gaussian broadening of all
-            and of the Bragg reflections, per degree), step (n_snap,) int64 and
+            intensity_bragg (n_snap, n_grid) float64 (Bragg + diffuse continuum,
+            and Bragg only, per degree), step (n_snap,) int64 and
             time_fs (n_snap,) float64.
         wavelength: Angstrom or a name of :data:`WAVELENGTHS`.
         two_theta_range: (min, max) of the pattern grid, degrees.
         two_theta_step: Grid step, degrees.
         sigma_deg: Gaussian sigma, degrees.
         supercell: Supercell multiple (na, nb, nc) of the snapshots.
+        centring: Centring translations of the parent cell (:func:`centring_translations`).
 
     Raises:
         ValueError: empty trajectory, frames with different species, or any
@@ -972,7 +1233,11 @@ def run_stage(
 
     lo, hi = _check_range(two_theta_range)
     grid = two_theta_grid(lo, hi, float(two_theta_step))
-    ext = extended_range((lo, hi), float(sigma_deg))
+    lam = resolve_wavelength(wavelength)
+    volumes = np.abs(np.linalg.det(cells))
+    # The diffuse estimate at the grid's ends needs samples up to ~3 kernel widths beyond.
+    ext = extended_range((lo, hi), float(sigma_deg), lam, 3.0 * debye_sphere_radius(float(volumes.min())))
+    bragg_fraction = 1.0 / (int(np.prod(supercell)) * (1 + len(centring)))
     n_snap = len(frames)
     patterns = np.zeros((n_snap, grid.size))
     patterns_bragg = np.zeros((n_snap, grid.size))
@@ -1005,8 +1270,10 @@ def run_stage(
                     wavelength=wavelength,
                     two_theta_range=ext,
                     supercell=tuple(supercell),  # type: ignore[arg-type]
+                    centring=centring,
                 )
-                _broaden_batch(refls, idx, grid, float(sigma_deg), patterns, patterns_bragg)
+                _broaden_batch(refls, idx, grid, float(sigma_deg), lam, volumes, bragg_fraction, patterns,
+                               patterns_bragg)
                 counts = np.array([len(r) for r in refls])
                 columns: dict[str, np.ndarray] = {
                     "snapshot": np.repeat(np.array(idx, dtype=np.int32), counts),
@@ -1034,11 +1301,14 @@ def _broaden_batch(
     idx: Sequence[int],
     grid: np.ndarray,
     sigma_deg: float,
+    wavelength: float,
+    volumes: np.ndarray,
+    bragg_fraction: float,
     patterns: np.ndarray,
     patterns_bragg: np.ndarray,
 ) -> None:
-    """Broaden snapshots into rows ``idx`` of the outputs, one call per run of
-    snapshots that share reflection positions."""
+    """Broaden snapshots into rows ``idx`` of the outputs (:func:`powder_pattern`), one call per
+    run of snapshots that share reflection positions; ``volumes`` (n_snap,) cell volumes, Angstrom^3."""
     pos = 0
     while pos < len(refls):
         end = pos + 1
@@ -1047,9 +1317,8 @@ def _broaden_batch(
         r0 = refls[pos]
         rows = list(idx[pos:end])
         weights = np.stack([r.intensity for r in refls[pos:end]])
-        patterns[rows] = broaden(r0.two_theta, weights, grid, sigma_deg)
-        bragg = r0.is_bragg
-        patterns_bragg[rows] = broaden(r0.two_theta[bragg], weights[:, bragg], grid, sigma_deg)
+        patterns[rows], patterns_bragg[rows] = powder_pattern(r0, weights, grid, sigma_deg, wavelength,
+                                                              float(volumes[rows[0]]), bragg_fraction)
         pos = end
 
 
@@ -1142,8 +1411,14 @@ def _cmd_xrd_stage(args: argparse.Namespace) -> int:
         raise UserError(f"--params has unknown keys {', '.join(unknown)}")
     if not Path(args.snapshots).is_file():
         raise UserError(f"no such file: {args.snapshots}")
+    centring: list[list[float]] = []
+    if args.structure_info:
+        from mdxrd.io import read_json
+
+        centring = read_json(args.structure_info)["centring_translations"]
     try:
-        run_stage(args.snapshots, args.reflections, args.patterns, **{key: params[key] for key in required})
+        run_stage(args.snapshots, args.reflections, args.patterns, centring=centring,
+                  **{key: params[key] for key in required})
     except ValueError as err:
         raise UserError(str(err)) from None
     return 0
@@ -1175,6 +1450,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     s.add_argument("--snapshots", required=True, help="ASE trajectory of snapshots")
     s.add_argument("--reflections", required=True, help="output Parquet")
     s.add_argument("--patterns", required=True, help="output .npz")
+    s.add_argument("--structure-info", help="structure stage JSON: centring_translations of the parent cell "
+                   "(without it the parent cell counts as primitive)")
     s.add_argument(
         "--params",
         required=True,

@@ -1,14 +1,12 @@
 rule average:
     input:
-        reflections=out("reflections"),
+        patterns=out("patterns"),
     output:
         average=out("average"),
     log:
         "logs/average/{crystal}/{ensemble}/{temperature}K/r{replica}.log",
-    params:
-        json=as_json(mdconf.average_params(config)),
     conda:
         "../../envs/base.yaml"
     shell:
-        "python -m mdxrd average --reflections {input.reflections:q} --average-out {output.average:q}"
-        " --params {params.json:q} > {log:q} 2>&1"
+        "python -m mdxrd average --patterns {input.patterns:q} --average-out {output.average:q}"
+        " > {log:q} 2>&1"

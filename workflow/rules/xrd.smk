@@ -1,6 +1,7 @@
 rule xrd:
     input:
         snapshots=out("snapshots"),
+        structure_info=out("structure_info"),
     output:
         reflections=out("reflections"),
         patterns=out("patterns"),
@@ -14,4 +15,5 @@ rule xrd:
         "../../envs/base.yaml"
     shell:
         "python -m mdxrd xrd-stage --snapshots {input.snapshots:q} --reflections {output.reflections:q}"
-        " --patterns {output.patterns:q} --params {params.json:q} > {log:q} 2>&1"
+        " --patterns {output.patterns:q} --structure-info {input.structure_info:q}"
+        " --params {params.json:q} > {log:q} 2>&1"
