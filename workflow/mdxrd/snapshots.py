@@ -253,8 +253,9 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
     summary_out
         JSON: snapshot steps, n_snapshots, tau_corr_fs, tau_corr_resolved,
         sample_interval_fs, interval_too_short, lindemann_ratio, melted, the equilibration figures of
-        :func:`equilibration_figures` (equilibrated flag included), and production means of the thermo
-        log (T_K, P_GPa, volume_A3, E_pot_eV with their standard deviations).
+        :func:`equilibration_figures` (window means of T, P, V with standard errors, equilibrated flag),
+        mean_E_pot_eV and the standard deviations std_T_K, std_P_GPa, std_volume_A3, std_E_pot_eV over
+        the same window (steps >= n_equil).
 
     Raises
     ------
@@ -290,7 +291,6 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         log.info("tau_corr = %.1f fs <= sampling interval %.1f fs", tau, t_sample)
 
     th = pd.read_csv(thermo)
-    prod = th[th["step"] > n_equil]
     md = read_json(run_info)["params"]
     equil = equilibration_figures(th, n_equil, md["ensemble"], md["temperature_K"], md["pressure_GPa"],
                                   temperature_tolerance=temperature_tolerance,
@@ -313,9 +313,10 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         "vacf": vacf.tolist(),
         **equil,
     }
+    window = th[th["step"] >= n_equil]  # the window of the equilibration figures (which hold the means)
+    summary["mean_E_pot_eV"] = float(window["E_pot_eV"].mean())
     for col in ("T_K", "P_GPa", "volume_A3", "E_pot_eV"):
-        summary[f"mean_{col}"] = float(prod[col].mean())
-        summary[f"std_{col}"] = float(prod[col].std(ddof=1)) if len(prod) > 1 else 0.0
+        summary[f"std_{col}"] = float(window[col].std(ddof=1)) if len(window) > 1 else 0.0
     with atomic_path(snapshots_out) as tmp:
         write(str(tmp), snaps, format="traj")
     write_json(summary_out, summary)
