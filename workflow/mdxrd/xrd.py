@@ -295,6 +295,18 @@ def _empty_reflections() -> Reflections:
 # --------------------------------------------------------------------------
 
 
+def lorentz_polarization(theta: np.ndarray) -> np.ndarray:
+    """Lorentz-polarization factor of an unpolarized powder, (1 + cos^2 2theta) / (sin^2 theta cos theta).
+
+    Args:
+        theta: Bragg angle(s) theta (half of 2theta), radians, in (0, pi/2).
+
+    Returns:
+        LP, dimensionless, same shape (Warren, *X-Ray Diffraction*, 1969, ch. 4).
+    """
+    return (1.0 + np.cos(2.0 * theta) ** 2) / (np.sin(theta) ** 2 * np.cos(theta))
+
+
 @functools.cache
 def _scattering_params() -> Mapping[str, Any]:
     # Imported lazily: pymatgen's diffraction module is slow to import.
@@ -448,7 +460,7 @@ def _geometry(
         f_g[e] = scattering_factor(symbol, s_g)
         if b_iso.get(symbol):
             f_g[e] *= np.exp(-float(b_iso[symbol]) * s_g * s_g)
-    lp = (1.0 + np.cos(2.0 * theta_g) ** 2) / (np.sin(theta_g) ** 2 * np.cos(theta_g))
+    lp = lorentz_polarization(theta_g)
     multiple = na * nb * nc
     weight = 2.0 * lp / float(multiple * multiple)  # 2: the Friedel mate
     if len(elements) == 1:
@@ -917,8 +929,7 @@ def diffuse_continuum(
     if tt.size == 0:
         return out
     g = _g_of(tt, wavelength)
-    theta = np.radians(tt / 2.0)
-    lp = (1.0 + np.cos(2.0 * theta) ** 2) / (np.sin(theta) ** 2 * np.cos(theta))
+    lp = lorentz_polarization(np.radians(tt / 2.0))
     # Kernel sums on a fine uniform |G| mesh (binning then Gaussian filtering).
     dq = radius / 40.0
     g_grid = _g_of(np.clip(grid, 1e-6, 180.0), wavelength)
@@ -934,10 +945,6 @@ def diffuse_continuum(
                 lo + 1, v * frac, minlength=n_mesh + 1)
         return gaussian_filter1d(res, radius / dq, axis=-1, mode="constant", truncate=6.0)
 
-    def lorentz_polarization(g_values: np.ndarray) -> np.ndarray:
-        th = np.arcsin(np.clip(g_values * wavelength / 2.0, 1e-9, 1.0 - 1e-12))
-        return (1.0 + np.cos(2.0 * th) ** 2) / (np.sin(th) ** 2 * np.cos(th))
-
     mesh_g = dq * np.arange(n_mesh + 1)
     counts = mesh(mult)[0]
     # Below the first sample, hold the denominator at its value there: the estimate
@@ -945,8 +952,9 @@ def diffuse_continuum(
     first = min(int(round(g.min() / dq)), n_mesh)
     counts[:first] = counts[first]
     continuum = mesh(weights / (lp * g * g)) / np.maximum(counts, 1e-300)  # mean per point / (LP q^2)
+    mesh_theta = np.arcsin(np.clip(mesh_g * wavelength / 2.0, 1e-9, 1.0 - 1e-12))
     continuum *= 4.0 * math.pi * mesh_g**4 * float(volume_A3) * (1.0 - bragg_fraction) * lorentz_polarization(
-        mesh_g)  # intensity per unit |G|
+        mesh_theta)  # intensity per unit |G|
     continuum[:, mesh_g > g.max()] = 0.0  # no sample beyond the last one
     # One factor per pattern makes the estimate keep the samples' intensity exactly.
     total = continuum.sum(axis=1) * dq
