@@ -8,16 +8,22 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/structure.smk"
+include: "workflow/rules/reference.smk"
 include: "workflow/rules/md.smk"
 include: "workflow/rules/snapshots.smk"
 include: "workflow/rules/xrd.smk"
 include: "workflow/rules/average.smk"
+include: "workflow/rules/qc.smk"
+include: "workflow/rules/plots.smk"
 include: "workflow/rules/dataset.smk"
-
 
 rule all:
     input:
         DATASET,
+        report_inputs,
     default_target: True

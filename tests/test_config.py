@@ -63,6 +63,11 @@ def test_defaults_filled_from_schema(monkeypatch):
     ("md.thermostat", 1, "Additional properties are not allowed"),
     ("xrd.wavelength", "CuKb", "xrd.wavelength"),
     ("xrd.two_theta_min", 95.0, "xrd.two_theta_min: 95.0 must be below xrd.two_theta_max = 90.0"),
+    ("crystals.0.a_exp_A", {"value": 5.43}, "crystals[0].a_exp_A: 'source' is a required property"),
+    ("crystals.0.alpha_exp_per_K", 2.6e-6, "crystals[0].alpha_exp_per_K: 2.6e-06 is not of type 'object'"),
+    ("crystals.0.B_exp_A2", {"value": {"Si": -0.4}, "source": "x"}, "crystals[0].B_exp_A2.value.Si: -0.4"),
+    ("qc.min_independent_snapshots", -1, "qc.min_independent_snapshots: -1 is less than the minimum of 0"),
+    ("reference.eos_points", 3, "reference.eos_points: 3 is less than the minimum of 5"),
 ])
 def test_bad_values_rejected_with_field(default_raw, monkeypatch, path, value, expect):
     monkeypatch.chdir(REPO)
@@ -70,6 +75,14 @@ def test_bad_values_rejected_with_field(default_raw, monkeypatch, path, value, e
         validate_config(_with(default_raw, path, value), "my.yaml")
     assert str(err.value).startswith("my.yaml: ")
     assert expect in str(err.value)
+
+
+def test_experimental_b_of_an_element_not_in_the_crystal(default_raw, monkeypatch):
+    monkeypatch.chdir(REPO)
+    raw = _with(default_raw, "crystals.1.B_exp_A2", {"value": {"Na": 1.6, "K": 1.0}, "source": "x"})
+    with pytest.raises(ConfigError, match=r"crystals\[1\] \(NaCl\)\.B_exp_A2\.value: element\(s\) K are not in "
+                                          r"config/structures/NaCl\.cif \(allowed: Cl, Na\)"):
+        validate_config(raw, "c.yaml")
 
 
 def test_duplicate_crystal_names(default_raw, monkeypatch):

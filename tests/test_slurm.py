@@ -58,7 +58,7 @@ def _path_without_slurm(tmp_path: Path) -> str:
 
 
 def test_dry_run_with_slurm_profile_default_grid(tmp_path):
-    """`snakemake -n --profile profiles/slurm` on a machine without SLURM; 40 submissions for the default grid."""
+    """`snakemake -n --profile profiles/slurm` on a machine without SLURM; 43 submissions for the default grid."""
     env = {**os.environ, "PATH": _path_without_slurm(tmp_path)}
     res = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--profile", "profiles/slurm"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
@@ -66,7 +66,8 @@ def test_dry_run_with_slurm_profile_default_grid(tmp_path):
     assert res.returncode == 0, out[-5000:]
     assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in out
     runs = 3 * 3 * 2
-    assert _submissions(res.stdout) == {"structure": 3, "md": runs, "group post": runs, "dataset": 1}
+    assert _submissions(res.stdout) == {"group crystal_0K": 3, "md": runs, "group post": runs,
+                                        "group crystal_qc": 3, "dataset": 1}
     # md asks for one GPU and a time limit from atoms x steps; the CPU rules for none
     md_resources = re.findall(r"^rule md:\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.MULTILINE)
     assert len(md_resources) == runs and all("gpu=1" in r and "runtime=" in r for r in md_resources)
@@ -182,9 +183,10 @@ def test_snakemake_profile_slurm_runs_on_a_cluster(cluster, tmp_path):
     kinds = {}
     for jobid, log in submitted:
         kind = Path(log).parts[Path(log).parts.index("slurm_logs") + 1]
-        kinds[jobid] = "group_post" if kind.startswith("group_post_") else kind
-    assert sorted(kinds.values()) == sorted(["rule_structure", "rule_md", "rule_md", "group_post", "group_post",
-                                             "rule_dataset"]), out[-4000:]
+        kinds[jobid] = next((g for g in ("group_post", "group_crystal_0K", "group_crystal_qc")
+                             if kind.startswith(g + "_")), kind)
+    assert sorted(kinds.values()) == sorted(["group_crystal_0K", "rule_md", "rule_md", "group_post", "group_post",
+                                             "group_crystal_qc", "rule_dataset"]), out[-4000:]
     for jobid, kind in kinds.items():
         job = _scontrol_job(jobid)
         assert job["JobState"] == "COMPLETED", (jobid, kind, job)

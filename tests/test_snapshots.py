@@ -81,7 +81,8 @@ def test_lindemann_ratio_of_gaussian_displacements():
         f = ref.copy()
         f.positions += rng.normal(0, sigma, f.positions.shape) + [5.0, -3.0, 0.2]  # drift is removed
         frames.append(f)
-    assert lindemann_ratio(frames) == pytest.approx(sigma / d_nn, rel=0.03)
+    # 3-D form: sqrt(<|u|^2>) = sqrt(3) sigma
+    assert lindemann_ratio(frames) == pytest.approx(np.sqrt(3.0) * sigma / d_nn, rel=0.03)
     # a "melt": atoms anywhere in the cell, independently in each frame
     melt = []
     for _ in range(5):

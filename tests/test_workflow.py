@@ -30,8 +30,8 @@ def test_dry_run_default_config_lists_the_grid():
     assert res.returncode == 0, res.stderr + res.stdout
     counts = _job_counts(res.stdout)
     runs = 3 * 3 * 2  # crystals x ensembles x temperatures
-    assert counts == {"structure": 3, "md": runs, "snapshots": runs, "xrd": runs, "average": runs,
-                      "dataset": 1, "all": 1, "total": 3 + 4 * runs + 2}
+    assert counts == {"structure": 3, "reference": 3, "md": runs, "snapshots": runs, "xrd": runs, "average": runs,
+                      "qc": 3, "plots": 3, "dataset": 1, "all": 1, "total": 4 * 3 + 4 * runs + 2}
 
 
 def test_lint_is_clean():
@@ -74,9 +74,22 @@ def test_tiny_run_dataset(tiny_run):
     path = work / "results" / "dataset" / "patterns.parquet"
     df, grid, meta = read_dataset(path)
     n_runs, n_snap = 2, len(range(10 + 5, 20 + 1, 5))
-    assert len(df) == n_runs * (n_snap + 1)
+    assert len(df) == 2 + n_runs * (n_snap + 1)
     assert (df.kind == "average").sum() == n_runs
+    static = df[df.kind == "static"]
+    assert sorted(static.static_cell) == ["cif", "relaxed"] and static.ensemble.isna().all()
+    df = df[df.kind != "static"]
+    assert df.static_cell.isna().all()
     assert sorted(df.ensemble.unique()) == ["npt_berendsen", "nvt_langevin"]
+    # the relaxed static pattern is the 0 K reference of the thermal ones: its (111) peak is taller (no
+    # Debye-Waller decay), at the NVT runs' 2theta (same cell)
+    relaxed = np.asarray(static[static.static_cell == "relaxed"].intensity.iloc[0], float)
+    nvt_avg = np.asarray(df[(df.kind == "average") & (df.ensemble == "nvt_langevin")].intensity.iloc[0], float)
+    assert grid[np.argmax(relaxed)] == pytest.approx(grid[np.argmax(nvt_avg)], abs=0.051)
+    assert relaxed.max() > nvt_avg.max()
+    # per-run thermal figures: B per element, statistics
+    assert all(dict(b)["Cu"] > 0 for b in df.B_iso_A2)
+    assert (df.tau_int_E_pot_fs >= 1.0).all() and (df.n_independent_snapshots <= df.n_snapshots).all()
     # grid stored once, patterns on it
     assert grid[0] == 20.0 and grid[-1] == pytest.approx(80.0) and np.allclose(np.diff(grid), 0.05)
     assert all(len(x) == len(grid) for x in df.intensity) and all(len(x) == len(grid) for x in df.intensity_bragg)
@@ -141,11 +154,37 @@ def test_drop_melted_runs(tiny_run, tmp_path):
     work, config = tiny_run
     shutil.copytree(work / "results", tmp_path / "results")
     df, _, _ = read_dataset(work / "results" / "dataset" / "patterns.parquet")
+    df = df[df.kind != "static"]
     assert not df.melted.any() and (df.lindemann_ratio < 0.1).all() and (df.lindemann_ratio > 0).all()
     summary = next((tmp_path / "results" / "snapshots" / "Cu" / "npt_berendsen").rglob("summary.json"))
     write_json(summary, {**read_json(summary), "melted": True})
     kept = write_dataset(config, tmp_path / "results", tmp_path / "keep.parquet")
-    assert kept == len(df) and read_dataset(tmp_path / "keep.parquet")[0].melted.sum() == 3
+    assert kept == len(df) + 2 and read_dataset(tmp_path / "keep.parquet")[0].melted.eq(True).sum() == 3
     dropped = write_dataset({**config, "dataset": {"drop_melted": True}}, tmp_path / "results", tmp_path / "d.parquet")
-    assert dropped == len(df) - 3
-    assert set(read_dataset(tmp_path / "d.parquet")[0].ensemble) == {"nvt_langevin"}
+    assert dropped == len(df) + 2 - 3
+    assert set(read_dataset(tmp_path / "d.parquet")[0].ensemble.dropna()) == {"nvt_langevin"}
+
+
+@pytest.mark.slow
+def test_tiny_run_qc_and_report(tiny_run):
+    """The QC table flags what a 20-step run is (not equilibrated, too few snapshots); the report holds the plots."""
+    work, _ = tiny_run
+    qc = pq.read_table(work / "results" / "qc" / "Cu" / "qc.parquet").to_pandas()
+    runs = qc[qc.scope != "crystal"]
+    assert set(runs.check) == {"equilibrated", "independent_snapshots", "not_melted"} and len(runs) == 6
+    assert (runs[runs.check == "independent_snapshots"].status == "warn").all()  # 2 snapshots < 4
+    assert (runs[runs.check == "not_melted"].status == "pass").all()
+    assert set(qc[qc.scope == "crystal"].check) >= {"relaxation_converged", "relaxed_vs_cif_a"}
+    for name in ("patterns", "zoom", "thermal", "traces"):
+        png = work / "results" / "plots" / "Cu" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
+                          str(work / "config.yaml"), "--report", "report.html"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    page = (work / "report.html").read_text()
+    for name in ("patterns.png", "zoom.png", "thermal.png", "traces.png", "qc.html"):
+        assert name in page
+    import base64
+
+    # the plots are embedded (base64), not linked
+    assert base64.b64encode((work / "results" / "plots" / "Cu" / "zoom.png").read_bytes())[:200].decode() in page

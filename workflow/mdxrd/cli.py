@@ -16,10 +16,13 @@ import sys
 SUBCOMMAND_MODULES = (
     "mdxrd.check",
     "mdxrd.structure",
+    "mdxrd.reference",
     "mdxrd.md",
     "mdxrd.snapshots",
     "mdxrd.xrd",
     "mdxrd.average",
+    "mdxrd.qc",
+    "mdxrd.plots",
     "mdxrd.dataset",
 )
 

@@ -33,6 +33,15 @@ LAYOUT = {
     "reflections": f"xrd/{RUN}/reflections.parquet",
     "patterns": f"xrd/{RUN}/patterns.npz",
     "average": f"average/{RUN}/average.npz",
+    "reference": "reference/{crystal}/reference.json",
+    "static": "reference/{crystal}/static.npz",
+    "qc": "qc/{crystal}/qc.json",
+    "qc_table": "qc/{crystal}/qc.parquet",
+    "plot_patterns": "plots/{crystal}/patterns.png",
+    "plot_zoom": "plots/{crystal}/zoom.png",
+    "plot_thermal": "plots/{crystal}/thermal.png",
+    "plot_traces": "plots/{crystal}/traces.png",
+    "qc_html": "plots/{crystal}/qc.html",
     "dataset": "dataset/patterns.parquet",
 }
 
@@ -133,6 +142,23 @@ def snapshot_params(config: dict[str, Any]) -> dict[str, Any]:
     return {**{k: md[k] for k in ("n_steps", "n_equil", "n_interval", "timestep_fs")},
             **{k: config["snapshots"][k] for k in ("lindemann_threshold", "temperature_tolerance",
                                                      "pressure_tolerance_GPa", "volume_drift_tolerance")}}
+
+
+def reference_params(config: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :class:`mdxrd.reference.ReferenceParams`."""
+    r = config["reference"]
+    return {"eos_volume_range": r["eos_volume_range"], "eos_points": r["eos_points"],
+            "fmax_eV_per_A": config["structure"]["fmax_eV_per_A"], "device": config["md"]["device"],
+            "threads": config["md"]["threads"]}
+
+
+def crystal_runs(config: dict[str, Any], name: str, kinds: tuple[str, ...], results: str | Path = "results"
+                 ) -> list[dict[str, Any]]:
+    """The runs of crystal ``name``: ensemble, temperature_K, replica, supercell and the path of each of ``kinds``."""
+    sc = list(crystal(config, name).get("supercell", [2, 2, 2]))
+    return [{"ensemble": k.ensemble, "temperature_K": k.temperature_K, "replica": k.replica, "supercell": sc,
+             **{kind: str(k.path(kind, results)) for kind in kinds}}
+            for k in runs(config) if k.crystal == name]
 
 
 def xrd_params(config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
@@ -237,6 +263,13 @@ def _check_crystal(config: dict[str, Any], entry: dict[str, Any], where: str) ->
     except StructureError as err:
         field = "supercell" if str(err).startswith("supercell") else "cif"
         raise ConfigError(f"{where}.{field}: {err}") from None
+    b_exp = entry.get("B_exp_A2")
+    if b_exp is not None:
+        elements = sorted({el.symbol for el in structure.composition.elements})
+        extra = sorted(set(b_exp["value"]) - set(elements))
+        if extra:
+            raise ConfigError(f"{where}.B_exp_A2.value: element(s) {', '.join(extra)} are not in {entry['cif']} "
+                              f"(allowed: {', '.join(elements)})")
     x = config["xrd"]
     refl = diffract_structure(structure, wavelength=resolve_wavelength(x["wavelength"]),
                               two_theta_range=(x["two_theta_min"], x["two_theta_max"]))

@@ -1,20 +1,23 @@
 """Dataset stage: every pattern of the grid, with labels and provenance, as one Parquet file.
 
-One row per pattern: ``kind = "snapshot"`` (one MD snapshot's broadened pattern)
-or ``kind = "average"`` (the run's ensemble average), so a grid of R runs with
-N_s snapshots each has R (N_s + 1) rows. The 2theta grid is stored once, in the
+One row per pattern: ``kind = "snapshot"`` (one MD snapshot's broadened pattern),
+``kind = "average"`` (the run's ensemble average) or ``kind = "static"`` (the 0 K
+pattern of a crystal's relaxed cell or of its CIF cell, atoms at rest), so a grid of
+C crystals and R runs with N_s snapshots each has 2 C + R (N_s + 1) rows. Run-level
+columns are null in static rows. The 2theta grid is stored once, in the
 file's key-value metadata; every row's ``intensity`` (Bragg + thermal diffuse)
 and ``intensity_bragg`` (parent Bragg reflections only) are float32 lists on it.
 
 Columns (units in the names or here):
 
 ===================== ======== ===================================================
-kind                  string   "snapshot" or "average"
+kind                  string   "snapshot", "average" or "static"
+static_cell           string   static rows: "relaxed" (CHGNet 0 K cell) or "cif" (the input cell); else null
 crystal, formula      string   crystal name from the config; reduced formula
 space_group           string   Hermann-Mauguin symbol of the (relaxed) unit cell
 space_group_number    int32
 ensemble              string   nvt_langevin, nvt_berendsen, npt_berendsen
-temperature_K         float64  target temperature
+temperature_K         float64  target temperature (0 for the relaxed static row, null for the CIF one)
 pressure_GPa          float64  target pressure (NPT); null for NVT
 replica               int32
 seed                  int64    the run's random seed
@@ -29,13 +32,20 @@ volume_A3             float64  parent-cell volume, Angstrom^3
 energy_per_atom_eV    float64  CHGNet potential energy per atom
 tau_corr_fs           float64  velocity autocorrelation time of the run
 interval_too_short    bool     n_interval dt < tau_corr
-lindemann_ratio       float64  sqrt(<u^2>)/d_nn of the run (u along one direction)
+lindemann_ratio       float64  sqrt(<|u|^2>)/d_nn of the run (3-D, about the mean positions)
 melted                bool     lindemann_ratio above snapshots.lindemann_threshold
 equilibrated          bool     the run's sampling window met its targets (mean T; NPT: mean P, volume drift)
 window_T_K            float64  mean kinetic T over the sampling window (steps >= n_equil) of the thermo log
 window_T_sem_K        float64  its standard error (block averaging)
 window_P_GPa          float64  mean pressure over the sampling window
 window_volume_drift   float64  volume change across the sampling window (linear fit), fraction
+window_P_sem_GPa      float64  standard error of window_P_GPa (block averaging)
+window_volume_A3      float64  mean simulation-cell volume over the sampling window
+window_volume_sem_A3  float64  its standard error
+energy_drift_meV_per_atom_ps  float64  slope of E_kin + E_pot over the window (0 within noise when stationary)
+tau_int_E_pot_fs      float64  integrated autocorrelation time of E_pot over the window
+n_independent_snapshots  float64  N_s / max(1, tau_int_E_pot_fs / (n_interval dt))
+B_iso_A2              map<string, float64>  Debye-Waller B = 8 pi^2 <u^2> per element from the run's snapshots
 supercell             list<int32>  (na, nb, nc)
 n_atoms               int32    atoms in the simulation cell
 intensity             list<float32>  pattern on the 2theta grid, per degree, per parent cell: Bragg
@@ -87,7 +97,11 @@ def schema() -> Any:
         ("energy_per_atom_eV", pa.float64()), ("tau_corr_fs", pa.float64()), ("interval_too_short", pa.bool_()),
         ("lindemann_ratio", pa.float64()), ("melted", pa.bool_()), ("equilibrated", pa.bool_()),
         ("window_T_K", pa.float64()), ("window_T_sem_K", pa.float64()), ("window_P_GPa", pa.float64()),
-        ("window_volume_drift", pa.float64()),
+        ("window_volume_drift", pa.float64()), ("window_P_sem_GPa", pa.float64()),
+        ("window_volume_A3", pa.float64()), ("window_volume_sem_A3", pa.float64()),
+        ("energy_drift_meV_per_atom_ps", pa.float64()), ("tau_int_E_pot_fs", pa.float64()),
+        ("n_independent_snapshots", pa.float64()), ("B_iso_A2", pa.map_(pa.string(), pa.float64())),
+        ("static_cell", pa.string()),
         ("supercell", pa.list_(pa.int32())), ("n_atoms", pa.int32()),
         ("intensity", pa.list_(pa.float32())), ("intensity_bragg", pa.list_(pa.float32())),
     ])
@@ -128,6 +142,43 @@ def _snapshot_labels(atoms: Any, supercell: list[int]) -> dict[str, float]:
             "energy_per_atom_eV": float(atoms.get_potential_energy()) / n}
 
 
+#: Per-run figures of the snapshots summary copied into every row of the run.
+RUN_FIGURES = ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa", "window_P_sem_GPa",
+               "window_volume_A3", "window_volume_sem_A3", "window_volume_drift", "energy_drift_meV_per_atom_ps",
+               "tau_int_E_pot_fs", "n_independent_snapshots")
+
+
+def _static_rows(config: dict[str, Any], results: str | Path, grid: np.ndarray) -> list[dict[str, Any]]:
+    """Two ``static`` rows per crystal: the 0 K patterns of the relaxed cell and of the CIF cell."""
+    from pymatgen.core import Structure
+
+    from mdxrd.config import LAYOUT, crystal
+    from mdxrd.structure import read_structure
+
+    rows = []
+    for entry in config["crystals"]:
+        name = entry["name"]
+        info = read_json(Path(results) / LAYOUT["structure_info"].format(crystal=name))
+        static = np.load(Path(results) / LAYOUT["static"].format(crystal=name))
+        if not np.array_equal(static["two_theta"], grid):
+            raise ValueError(f"{LAYOUT['static'].format(crystal=name)}: 2theta grid differs from the runs'")
+        cells = {"relaxed": Structure.from_file(str(Path(results) / LAYOUT["relaxed_cif"].format(crystal=name))),
+                 "cif": read_structure(crystal(config, name)["cif"])}
+        for cell, structure in cells.items():
+            lat = structure.lattice
+            rows.append({
+                "kind": "static", "crystal": name, "formula": info["formula"], "space_group": info["space_group"],
+                "space_group_number": info["space_group_number"], "static_cell": cell,
+                "temperature_K": 0.0 if cell == "relaxed" else None,
+                "a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta, "gamma": lat.gamma,
+                "volume_A3": lat.volume,
+                "energy_per_atom_eV": info["E0_eV_per_atom"] if cell == "relaxed" else None,
+                "intensity": static[f"intensity_{cell}"].astype(np.float32),
+                "intensity_bragg": static[f"intensity_{cell}"].astype(np.float32),
+            })
+    return rows
+
+
 def build_rows(config: dict[str, Any], results: str | Path) -> tuple[list[dict[str, Any]], np.ndarray, list[str]]:
     """Collect every row of the grid from the stage outputs under ``results``.
 
@@ -166,8 +217,8 @@ def build_rows(config: dict[str, Any], results: str | Path) -> tuple[list[dict[s
             "replica": key.replica, "seed": run["params"]["seed"], "n_snapshots": len(frames),
             "tau_corr_fs": summary["tau_corr_fs"], "interval_too_short": summary["interval_too_short"],
             "lindemann_ratio": summary["lindemann_ratio"], "melted": summary["melted"],
-            **{k: summary[k] for k in ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa",
-                                       "window_volume_drift")},
+            **{k: summary[k] for k in RUN_FIGURES},
+            "B_iso_A2": list(summary["B_iso_A2"].items()),
             "supercell": supercell, "n_atoms": run["n_atoms"],
         }
         labels = [_snapshot_labels(f, supercell) for f in frames]
@@ -182,6 +233,7 @@ def build_rows(config: dict[str, Any], results: str | Path) -> tuple[list[dict[s
                      "intensity_bragg": average["intensity_bragg"].astype(np.float32)})
     if grid is None:
         raise ValueError("no run left for the dataset (all dropped as melted?)")
+    rows = _static_rows(config, results, grid) + rows
     return rows, grid, sorted(devices)
 
 

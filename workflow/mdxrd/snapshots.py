@@ -31,12 +31,22 @@ of a window mean of T is about T0 sqrt(2/(3N-3)) sqrt(2 tau_E / t_window) for
 Langevin dynamics (tau_E ~ 1/gamma the energy relaxation time), a few % for tens
 of atoms and a few hundred fs.
 
-Melting: the Lindemann ratio sqrt(<u^2>)/d_nn, with <u^2> the mean squared
-displacement along one direction (as in B = 8 pi^2 <u^2>, METHOD.md) of the
-snapshot atoms about their mean positions over the snapshots (minimum image,
-centre-of-mass drift removed) and d_nn the nearest-neighbour distance of the mean
-structure (Lindemann, Phys. Z. 11, 609 (1910)). Above ``lindemann_threshold`` (default 0.1) the run is flagged
-``melted``: it has lost long-range order and its patterns are not a crystal's.
+Thermal motion: the displacements of the snapshot atoms about their mean positions
+over the snapshots (unwrapped in each frame's scaled cell, so an NPT cell scales the
+sites; centre-of-mass shift removed) give, per element, the isotropic Debye-Waller
+factor B = 8 pi^2 <u^2> (<u^2> along one direction, Angstrom^2), and the Lindemann
+ratio in its usual 3-D form sqrt(<|u|^2>)/d_nn, d_nn the nearest-neighbour
+distance of the mean structure (Lindemann, Phys. Z. 11, 609 (1910)). Above
+``lindemann_threshold`` (default 0.2) the run is flagged ``melted``: it has lost
+long-range order and its patterns are not a crystal's. The criterion puts melting of
+simple solids at about 0.1-0.15 in this form, but a universal potential's softer
+crystal runs higher (CHGNet NaCl at 600 K: 0.17, half its melting point), while a
+liquid, whose atoms diffuse away from any mean site, gives far more.
+
+Statistics: the integrated autocorrelation time tau_int of the potential energy
+over the window (Sokal windowing, ``emcee``) gives the number of effectively
+independent snapshots N_s / max(1, tau_int / (n_interval dt)); the slope of the
+total energy over the window is the energy drift (meV/atom/ps).
 """
 
 from __future__ import annotations
@@ -108,22 +118,107 @@ def correlation_time(vacf: np.ndarray, dt_fs: float, threshold: float = math.exp
     return (last + 1) * dt_fs, True
 
 
-def lindemann_ratio(frames: list[Any]) -> float:
-    """Lindemann ratio sqrt(<u^2>)/d_nn of ``frames`` about their mean positions.
+def displacements(frames: list[Any]) -> np.ndarray:
+    """Displacements of every atom about its mean position over ``frames``, Angstrom.
+
+    Positions are unwrapped in the scaled (fractional) coordinates of each frame's own
+    cell: the fractional displacement from the first frame by minimum image, so a
+    barostat's changing cell (NPT) scales the sites with it. The mean over frames gives
+    the sites; each frame's displacements are then taken back to Cartesian with that
+    frame's cell and its centre-of-mass shift (equal weights) is removed.
 
     Parameters
     ----------
     frames
-        At least two ASE Atoms of the same atoms (wrapped or unwrapped positions, any cells,
-        e.g. NPT). Fractional displacements from the first frame are taken by minimum image;
-        the mean over frames gives the sites, the centre-of-mass drift of each frame is removed.
+        At least two ASE Atoms of the same atoms (wrapped or unwrapped positions, any cells).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_frames, N, 3) float64, Angstrom.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two frames.
+    """
+    if len(frames) < 2:
+        raise ValueError(f"displacements about mean positions need at least two frames, got {len(frames)}")
+    first = frames[0].cell.scaled_positions(frames[0].positions)
+    scaled = []
+    for f in frames:
+        df = f.cell.scaled_positions(f.positions) - first
+        df -= np.round(df)
+        scaled.append(first + df)
+    mean = np.mean(scaled, axis=0)
+    out = np.stack([(sf - mean) @ f.cell.array for f, sf in zip(frames, scaled)])
+    return out - out.mean(axis=1, keepdims=True)
+
+
+def _mean_sites(frames: list[Any]) -> Any:
+    """Atoms at the mean scaled positions of ``frames`` (first frame's cell)."""
+    first = frames[0].cell.scaled_positions(frames[0].positions)
+    scaled = []
+    for f in frames:
+        df = f.cell.scaled_positions(f.positions) - first
+        scaled.append(first + df - np.round(df))
+    sites = frames[0].copy()
+    sites.set_scaled_positions(np.mean(scaled, axis=0))
+    return sites
+
+
+def b_iso(frames: list[Any]) -> dict[str, float]:
+    """Isotropic Debye-Waller B per element from the snapshots, Angstrom^2.
+
+    B = 8 pi^2 <u^2>, with <u^2> the mean-square displacement along one direction
+    (the mean over atoms of the element, frames and the three directions) about the mean
+    positions (:func:`displacements`), times N_s / (N_s - 1) for sites estimated from the
+    same N_s frames (International Tables for Crystallography Vol. C, sec. 8.3; Willis &
+    Pryor, Thermal Vibrations in Crystallography (1975)). Snapshots closer in time than
+    the displacement correlation time make the correction too small, so B is then a
+    lower bound.
+
+    Parameters
+    ----------
+    frames
+        At least two ASE Atoms of the same atoms.
+
+    Returns
+    -------
+    dict
+        Element symbol -> B in Angstrom^2, elements in order of first appearance.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two frames.
+    """
+    u = displacements(frames)
+    n_s = len(frames)
+    symbols = np.array(frames[0].get_chemical_symbols())
+    out: dict[str, float] = {}
+    for el in dict.fromkeys(symbols.tolist()):
+        u2 = float(np.mean(u[:, symbols == el, :] ** 2)) * n_s / (n_s - 1)
+        out[el] = 8.0 * math.pi**2 * u2
+    return out
+
+
+def lindemann_ratio(frames: list[Any]) -> float:
+    """Lindemann ratio sqrt(<|u|^2>)/d_nn of ``frames`` about their mean positions (3-D form).
+
+    Parameters
+    ----------
+    frames
+        At least two ASE Atoms of the same atoms (:func:`displacements`).
 
     Returns
     -------
     float
-        sqrt of the mean over atoms, frames and the three directions of u_alpha^2 (with the
-        N_s / (N_s - 1) correction for sites estimated from the same N_s frames), divided by the
-        smallest interatomic distance of the mean structure (dimensionless).
+        sqrt of the mean over atoms and frames of |u|^2 (the full 3-D mean-square
+        displacement, three times the one-direction <u^2> of B = 8 pi^2 <u^2>; with the
+        N_s / (N_s - 1) correction for sites estimated from the same N_s frames), divided by
+        the nearest-neighbour distance of the mean structure (dimensionless; Lindemann,
+        Phys. Z. 11, 609 (1910); in this form about 0.1-0.15 at melting).
 
     Raises
     ------
@@ -132,26 +227,42 @@ def lindemann_ratio(frames: list[Any]) -> float:
     """
     from ase.neighborlist import neighbor_list
 
-    if len(frames) < 2:
-        raise ValueError(f"the Lindemann ratio needs at least two frames, got {len(frames)}")
-    first = frames[0].cell.scaled_positions(frames[0].positions)
-    scaled = []
-    for f in frames:
-        df = f.cell.scaled_positions(f.positions) - first
-        df -= np.round(df)
-        scaled.append(first + df)
-    mean = np.mean(scaled, axis=0)
-    u2 = []
-    for f, sf in zip(frames, scaled):
-        u = (sf - mean) @ f.cell.array
-        u -= u.mean(axis=0)
-        u2.append(np.mean(u * u))
-    sites = frames[0].copy()
-    sites.set_scaled_positions(mean)
+    u = displacements(frames)
+    n_s = len(frames)
+    msd_3d = float(np.mean(np.sum(u * u, axis=-1))) * n_s / (n_s - 1)
+    sites = _mean_sites(frames)
     d = neighbor_list("d", sites, 6.0)
     d_nn = float(d.min()) if len(d) else float(np.min(sites.cell.lengths()))
-    n_s = len(frames)
-    return float(np.sqrt(np.mean(u2) * n_s / (n_s - 1)) / d_nn)
+    return float(np.sqrt(msd_3d) / d_nn)
+
+
+def integrated_autocorrelation_time(series: np.ndarray) -> float:
+    """Integrated autocorrelation time of a time series, in samples.
+
+    tau = 1 + 2 sum_{k>=1} rho(k), the factor by which correlation inflates the variance of
+    the mean (N_eff = N / tau), with Sokal's automatic window (the smallest M >= 5 tau(M))
+    as implemented by ``emcee.autocorr.integrated_time`` (Sokal, Monte Carlo Methods in
+    Statistical Mechanics (1997); Goodman & Weare, Commun. Appl. Math. Comput. Sci. 5, 65
+    (2010)). Clipped below at 1 (an oscillating series, rho < 0, is not counted as more
+    than independent).
+
+    Parameters
+    ----------
+    series
+        (n,) float, equally spaced samples (n >= 2).
+
+    Returns
+    -------
+    float
+        tau in samples, >= 1.
+    """
+    from emcee.autocorr import integrated_time
+
+    x = np.asarray(series, dtype=np.float64)
+    if x.size < 2 or np.ptp(x) == 0.0:
+        return 1.0
+    tau = float(integrated_time(x, c=5, tol=0, quiet=True)[0])
+    return max(1.0, tau)
 
 
 def block_standard_error(series: np.ndarray) -> float:
@@ -202,7 +313,7 @@ def equilibration_figures(thermo: Any, n_equil: int, ensemble: str, temperature_
     -------
     dict
         window_T_K, window_T_sem_K, window_T_ratio, window_P_GPa, window_P_sem_GPa, window_volume_A3,
-        window_volume_drift (fraction across the window), equilibrated (bool), misses (list of str).
+        window_volume_sem_A3, window_volume_drift (fraction across the window), equilibrated (bool), misses (list of str).
     """
     w = thermo[thermo["step"] >= n_equil]
     steps = w["step"].to_numpy(dtype=np.float64)
@@ -212,7 +323,8 @@ def equilibration_figures(thermo: Any, n_equil: int, ensemble: str, temperature_
     out: dict[str, Any] = {
         "window_T_K": float(w["T_K"].mean()), "window_T_sem_K": block_standard_error(w["T_K"].to_numpy()),
         "window_P_GPa": float(w["P_GPa"].mean()), "window_P_sem_GPa": block_standard_error(w["P_GPa"].to_numpy()),
-        "window_volume_A3": float(volume.mean()), "window_volume_drift": drift,
+        "window_volume_A3": float(volume.mean()), "window_volume_sem_A3": block_standard_error(volume),
+        "window_volume_drift": drift,
     }
     out["window_T_ratio"] = out["window_T_K"] / temperature_K
     misses = []
@@ -232,6 +344,34 @@ def equilibration_figures(thermo: Any, n_equil: int, ensemble: str, temperature_
     return out
 
 
+def energy_drift(thermo: Any, n_atoms: int) -> float:
+    """Drift of the total energy E_kin + E_pot over a thermo window, meV per atom per ps.
+
+    The slope of a least-squares line through E_tot(t). A thermostat exchanges energy with
+    the bath, so in a stationary NVT/NPT run the slope is zero within its noise; a
+    systematic drift means the window is not yet stationary or the time step is too long
+    for the integrator (Allen & Tildesley, Computer Simulation of Liquids, 2nd ed. (2017),
+    sec. 3.5).
+
+    Parameters
+    ----------
+    thermo
+        pandas DataFrame with columns time_fs and E_tot_eV (whole cell).
+    n_atoms
+        Atoms in the cell.
+
+    Returns
+    -------
+    float
+        meV/atom/ps; 0.0 for fewer than 2 rows.
+    """
+    if len(thermo) < 2:
+        return 0.0
+    slope_eV_per_fs = np.polyfit(thermo["time_fs"].to_numpy(dtype=np.float64),
+                                 thermo["E_tot_eV"].to_numpy(dtype=np.float64), 1)[0]
+    return float(slope_eV_per_fs * 1000.0 * 1000.0 / n_atoms)
+
+
 def select_steps(n_steps: int, n_equil: int, n_interval: int) -> list[int]:
     """Snapshot steps n_equil + k n_interval <= n_steps, k >= 1."""
     return list(range(n_equil + n_interval, n_steps + 1, n_interval))
@@ -239,7 +379,7 @@ def select_steps(n_steps: int, n_equil: int, n_interval: int) -> list[int]:
 
 def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path, snapshots_out: str | Path,
               summary_out: str | Path, *, run_info: str | Path, n_steps: int, n_equil: int, n_interval: int,
-              timestep_fs: float, lindemann_threshold: float = 0.1, temperature_tolerance: float = 0.03,
+              timestep_fs: float, lindemann_threshold: float = 0.2, temperature_tolerance: float = 0.03,
               pressure_tolerance_GPa: float = 0.3, volume_drift_tolerance: float = 0.003) -> dict:
     """Select snapshots of one MD run, measure tau_corr, write the snapshots and a JSON summary.
 
@@ -255,7 +395,9 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         sample_interval_fs, interval_too_short, lindemann_ratio, melted, the equilibration figures of
         :func:`equilibration_figures` (window means of T, P, V with standard errors, equilibrated flag),
         mean_E_pot_eV and the standard deviations std_T_K, std_P_GPa, std_volume_A3, std_E_pot_eV over
-        the same window (steps >= n_equil).
+        the same window (steps >= n_equil), energy_drift_meV_per_atom_ps (:func:`energy_drift`),
+        tau_int_E_pot_fs (:func:`integrated_autocorrelation_time` of E_pot, fs), n_independent_snapshots
+        and B_iso_A2 (element -> Angstrom^2, :func:`b_iso`).
 
     Raises
     ------
@@ -272,11 +414,16 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         raise ValueError(f"{trajectory}: snapshot steps {missing} are not in the trajectory")
     snaps = [frames[s] for s in wanted]
 
-    lindemann = lindemann_ratio([frames[min(frames)], *snaps] if len(snaps) < 2 else snaps)
+    # The displacement figures need >= 2 frames; with one snapshot the step-0 frame (the relaxed
+    # sites at the start velocities) stands in as the second.
+    motion_frames = [frames[min(frames)], *snaps] if len(snaps) < 2 else snaps
+    lindemann = lindemann_ratio(motion_frames)
+    b_factors = b_iso(motion_frames)
     melted = lindemann > lindemann_threshold
     if melted:
         log.warning("Lindemann ratio %.3f > %.3f: the crystal melted or lost long-range order", lindemann,
                     lindemann_threshold)
+    log.info("B_iso from the snapshots: %s", ", ".join(f"{el} {b:.3f} A^2" for el, b in b_factors.items()))
 
     vel = np.load(velocities)
     max_lag = max(1, (len(vel) - 1) // 2)
@@ -317,6 +464,16 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
     summary["mean_E_pot_eV"] = float(window["E_pot_eV"].mean())
     for col in ("T_K", "P_GPa", "volume_A3", "E_pot_eV"):
         summary[f"std_{col}"] = float(window[col].std(ddof=1)) if len(window) > 1 else 0.0
+    n_atoms = len(snaps[0])
+    summary["energy_drift_meV_per_atom_ps"] = energy_drift(window, n_atoms)
+    sample_dt_fs = float(np.median(np.diff(window["time_fs"]))) if len(window) > 1 else timestep_fs
+    tau_int = integrated_autocorrelation_time(window["E_pot_eV"].to_numpy()) * sample_dt_fs
+    summary["tau_int_E_pot_fs"] = tau_int
+    summary["n_independent_snapshots"] = len(snaps) / max(1.0, tau_int / t_sample)
+    summary["B_iso_A2"] = b_factors
+    log.info("E_pot integrated autocorrelation time %.1f fs: %.1f effectively independent snapshots of %d; "
+             "E_tot drift %.3f meV/atom/ps", tau_int, summary["n_independent_snapshots"], len(snaps),
+             summary["energy_drift_meV_per_atom_ps"])
     with atomic_path(snapshots_out) as tmp:
         write(str(tmp), snaps, format="traj")
     write_json(summary_out, summary)

@@ -80,7 +80,23 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+QC_KINDS = ("snapshots_summary", "snapshots")
+PLOT_KINDS = ("average", "thermo", "snapshots_summary", "run_info")
+
+
+def crystal_run_files(crystal, kinds):
+    """The outputs ``kinds`` of every run of ``crystal``."""
+    return [run[kind] for run in mdconf.crystal_runs(config, crystal, kinds) for kind in kinds]
+
+
 def dataset_inputs(wildcards):
-    """Every per-run output the dataset stage reads."""
+    """Every per-run and per-crystal output the dataset stage reads."""
     kinds = ("structure_info", "run_info", "snapshots", "snapshots_summary", "patterns", "average")
-    return [str(key.path(kind)) for key in RUNS for kind in kinds]
+    per_crystal = [out("static").format(crystal=c["name"]) for c in config["crystals"]]
+    return per_crystal + [str(key.path(kind)) for key in RUNS for kind in kinds]
+
+
+def report_inputs(wildcards):
+    """The report figures and QC table of every crystal."""
+    kinds = ("plot_patterns", "plot_zoom", "plot_thermal", "plot_traces", "qc_html")
+    return [out(kind).format(crystal=c["name"]) for c in config["crystals"] for kind in kinds]

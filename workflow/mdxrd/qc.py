@@ -1,0 +1,287 @@
+"""QC stage: per crystal, the potential's thermal physics against experiment and the runs' health.
+
+From the crystal's runs (snapshots summaries, snapshots, run records) and its 0 K
+reference (:mod:`mdxrd.reference`):
+
+* a(T), b(T), c(T): the mean parent-cell lattice lengths over each NPT run's
+  snapshots, Angstrom; the 0 K relaxed cell is the T = 0 point.
+* alpha_L: the mean linear thermal expansion coefficient, one third of the volumetric
+  one, alpha_L = (1/3) (1/V) dV/dT, from a least-squares line through the NPT runs'
+  window-mean volumes against T (1/K; >= 2 temperatures). For a cubic crystal this is
+  (1/a) da/dT.
+* B(T) per element from each run's snapshots (:func:`mdxrd.snapshots.b_iso`). In the
+  classical harmonic limit B is proportional to T (Willis & Pryor, Thermal Vibrations in
+  Crystallography (1975), ch. 4), so B at a reference temperature is the slope of a
+  line through the origin fitted to the NPT runs (the cell of ambient pressure at T;
+  all runs when there is no NPT run) times that temperature. Classical MD has no
+  zero-point motion, so for a crystal whose Debye temperature is near or above T it
+  falls below experiment (Si at 300 K: about 11 % by a Debye model).
+* The lattice constant at the reference temperature from the line through a(T).
+* Experiment, where the crystal's entry gives it (each value with its source and an
+  optional temperature): a_exp_A, alpha_exp_per_K, bulk_modulus_exp_GPa (against the
+  0 K Birch-Murnaghan B0), B_exp_A2 (per element).
+
+The QC table is long: one row per check with crystal, scope (``crystal`` or the run
+``ensemble/TK/rN``), check, value, reference, deviation (relative), status (``pass``
+or ``warn``) and detail. Checks: per run equilibrated, independent snapshots >=
+``min_independent_snapshots``, not melted; per crystal the 0 K relaxation converged
+and every experimental comparison within its tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mdxrd.io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+#: QC table columns and their pyarrow types.
+QC_COLUMNS = (("crystal", "string"), ("scope", "string"), ("check", "string"), ("value", "float64"),
+              ("reference", "float64"), ("deviation", "float64"), ("status", "string"), ("detail", "string"))
+
+
+def expansion_coefficient(temperatures_K: np.ndarray, volumes_A3: np.ndarray) -> tuple[float, float]:
+    """Mean linear thermal expansion coefficient from volumes at several temperatures.
+
+    alpha_L = (1/3) (dV/dT) / V(T_mid), dV/dT the slope of a least-squares line, V at the
+    mean of the temperatures (for a cubic crystal equal to (1/a) da/dT to first order).
+
+    Parameters
+    ----------
+    temperatures_K, volumes_A3
+        (n,) float, n >= 2 distinct temperatures (K) and mean volumes (Angstrom^3, any cell).
+
+    Returns
+    -------
+    (alpha_L_per_K, V_mid_A3)
+
+    Raises
+    ------
+    ValueError
+        Fewer than two distinct temperatures.
+    """
+    t = np.asarray(temperatures_K, dtype=np.float64)
+    v = np.asarray(volumes_A3, dtype=np.float64)
+    if np.unique(t).size < 2:
+        raise ValueError("alpha_L needs NPT runs at two or more temperatures")
+    slope, intercept = np.polyfit(t, v, 1)
+    v_mid = slope * t.mean() + intercept
+    return float(slope / (3.0 * v_mid)), float(v_mid)
+
+
+def b_at(temperatures_K: np.ndarray, b_A2: np.ndarray, temperature_K: float) -> float:
+    """B at ``temperature_K`` from a line through the origin (classical harmonic B = c T).
+
+    c = sum(B_i T_i) / sum(T_i^2), least squares; returns c temperature_K in Angstrom^2.
+    """
+    t = np.asarray(temperatures_K, dtype=np.float64)
+    b = np.asarray(b_A2, dtype=np.float64)
+    return float(np.sum(b * t) / np.sum(t * t) * temperature_K)
+
+
+def _row(crystal: str, scope: str, check: str, value: float | None, reference: float | None, ok: bool,
+         detail: str) -> dict[str, Any]:
+    dev = None
+    if value is not None and reference not in (None, 0.0):
+        dev = float(value / reference - 1.0)
+    return {"crystal": crystal, "scope": scope, "check": check, "value": value, "reference": reference,
+            "deviation": dev, "status": "pass" if ok else "warn", "detail": detail}
+
+
+def _experiment(entry: dict[str, Any], key: str, default_T: float) -> tuple[Any, float, str] | None:
+    ref = entry.get(key)
+    if ref is None:
+        return None
+    return ref["value"], float(ref.get("T_K", default_T)), ref["source"]
+
+
+def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[dict[str, Any]],
+               tolerances: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Per-crystal figures and QC rows.
+
+    Parameters
+    ----------
+    crystal
+        The config's crystal entry (name; optional reference_T_K and experimental fields).
+    reference
+        The reference stage's record (:func:`mdxrd.reference.run_stage`).
+    runs
+        One dict per run: ensemble, temperature_K, replica, summary (the snapshots summary),
+        lattice (mean a, b, c of the parent cell over the snapshots, Angstrom), volume_parent_A3
+        (window-mean volume of the parent cell).
+    tolerances
+        min_independent_snapshots, lattice_tolerance, alpha_tolerance, bulk_modulus_tolerance,
+        B_iso_tolerance (relative deviations from experiment that still pass).
+
+    Returns
+    -------
+    (figures, rows)
+        figures: a_T (list of {temperature_K, a, b, c}), alpha_L_per_K (or None), B_T (list of
+        {ensemble, temperature_K, element -> B}), B_at_reference_A2, a_at_reference_A, the
+        EOS figures, the experiment used; rows: the QC table rows (:data:`QC_COLUMNS`).
+    """
+    name = crystal["name"]
+    t_ref = float(crystal.get("reference_T_K", 293.0))
+    rows: list[dict[str, Any]] = []
+    for r in runs:
+        s = r["summary"]
+        scope = f"{r['ensemble']}/{r['temperature_K']:g}K/r{r['replica']}"
+        rows.append(_row(name, scope, "equilibrated", float(s["equilibrated"]), 1.0, bool(s["equilibrated"]),
+                         "; ".join(s.get("misses", [])) or
+                         f"mean T {s['window_T_K']:.1f} +- {s['window_T_sem_K']:.1f} K"))
+        n_ind = float(s["n_independent_snapshots"])
+        need = float(tolerances["min_independent_snapshots"])
+        rows.append(_row(name, scope, "independent_snapshots", n_ind, need, n_ind >= need,
+                         f"{s['n_snapshots']} snapshots, E_pot autocorrelation time {s['tau_int_E_pot_fs']:.0f} fs, "
+                         f"interval {s['sample_interval_fs']:g} fs"))
+        rows.append(_row(name, scope, "not_melted", float(s["lindemann_ratio"]), None, not s["melted"],
+                         f"Lindemann ratio {s['lindemann_ratio']:.3f}"))
+    rows.append(_row(name, "crystal", "relaxation_converged", None, None,
+                     bool(reference.get("relax_converged")) or not reference.get("relaxed", True),
+                     "0 K relaxation (structure stage) reached fmax" if reference.get("relax_converged")
+                     else "0 K relaxation did not reach fmax" if reference.get("relaxed", True)
+                     else "relaxation switched off"))
+    dev = reference["lattice_deviation_pct"]
+    rows.append(_row(name, "crystal", "relaxed_vs_cif_a", reference["relaxed_lattice"]["a"],
+                     reference["cif_lattice"]["a"], abs(dev["a_pct"]) <= 100 * tolerances["lattice_tolerance"],
+                     f"relaxed a, b, c {dev['a_pct']:+.2f} %, {dev['b_pct']:+.2f} %, {dev['c_pct']:+.2f} % off the CIF"))
+
+    npt = [r for r in runs if r["ensemble"].startswith("npt")]
+    a_t = [{"temperature_K": 0.0, **{k: reference["relaxed_lattice"][k] for k in "abc"}, "ensemble": "relaxed"}]
+    a_t += [{"temperature_K": r["temperature_K"], **r["lattice"], "ensemble": r["ensemble"]} for r in npt]
+    alpha = None
+    temps = np.array([r["temperature_K"] for r in npt])
+    if np.unique(temps).size >= 2:
+        alpha, _ = expansion_coefficient(temps, np.array([r["volume_parent_A3"] for r in npt]))
+    a_ref = None
+    if npt:
+        ta = np.array([r["temperature_K"] for r in npt])
+        aa = np.array([r["lattice"]["a"] for r in npt])
+        a_ref = float(np.polyval(np.polyfit(ta, aa, 1), t_ref)) if np.unique(ta).size >= 2 else float(aa.mean())
+    b_runs = npt or runs
+    elements = list(runs[0]["summary"]["B_iso_A2"]) if runs else []
+    b_ref = {el: b_at(np.array([r["temperature_K"] for r in b_runs]),
+                      np.array([r["summary"]["B_iso_A2"][el] for r in b_runs]), t_ref) for el in elements}
+    eos = reference["eos"]
+    figures: dict[str, Any] = {
+        "crystal": name, "reference_T_K": t_ref, "a_T": a_t, "alpha_L_per_K": alpha, "a_at_reference_A": a_ref,
+        "B_T": [{"ensemble": r["ensemble"], "temperature_K": r["temperature_K"], **r["summary"]["B_iso_A2"]}
+                for r in runs],
+        "B_at_reference_A2": b_ref, "B_reference_runs": "npt" if npt else "all",
+        "eos": {k: eos[k] for k in ("V0_A3", "E0_eV", "B0_GPa", "B0_prime", "fit_rms_meV")},
+        "lattice_deviation_pct": dev, "experiment": {},
+    }
+
+    exp = _experiment(crystal, "a_exp_A", t_ref)
+    if exp is not None:
+        value, t_exp, source = exp
+        figures["experiment"]["a_exp_A"] = {"value": value, "T_K": t_exp, "source": source}
+        if npt:
+            ta = np.array([r["temperature_K"] for r in npt])
+            aa = np.array([r["lattice"]["a"] for r in npt])
+            a_model = float(np.polyval(np.polyfit(ta, aa, 1), t_exp)) if np.unique(ta).size >= 2 else float(aa.mean())
+            where = f"NPT a at {t_exp:g} K"
+        else:
+            a_model, where = reference["relaxed_lattice"]["a"], "0 K relaxed a (no NPT run)"
+        rows.append(_row(name, "crystal", "lattice_constant_vs_experiment", a_model, float(value),
+                         abs(a_model / value - 1) <= tolerances["lattice_tolerance"],
+                         f"{where} {a_model:.4f} A vs {value:.4f} A ({source})"))
+    exp = _experiment(crystal, "alpha_exp_per_K", t_ref)
+    if exp is not None:
+        value, t_exp, source = exp
+        figures["experiment"]["alpha_exp_per_K"] = {"value": value, "T_K": t_exp, "source": source}
+        if alpha is not None:
+            rows.append(_row(name, "crystal", "alpha_L_vs_experiment", alpha, float(value),
+                             abs(alpha / value - 1) <= tolerances["alpha_tolerance"],
+                             f"alpha_L {alpha * 1e6:.1f}e-6/K over {temps.min():g}-{temps.max():g} K vs "
+                             f"{value * 1e6:.1f}e-6/K at {t_exp:g} K ({source})"))
+    exp = _experiment(crystal, "bulk_modulus_exp_GPa", t_ref)
+    if exp is not None:
+        value, t_exp, source = exp
+        figures["experiment"]["bulk_modulus_exp_GPa"] = {"value": value, "T_K": t_exp, "source": source}
+        rows.append(_row(name, "crystal", "bulk_modulus_vs_experiment", eos["B0_GPa"], float(value),
+                         abs(eos["B0_GPa"] / value - 1) <= tolerances["bulk_modulus_tolerance"],
+                         f"0 K Birch-Murnaghan B0 {eos['B0_GPa']:.1f} GPa vs {value:g} GPa ({source})"))
+    exp = _experiment(crystal, "B_exp_A2", t_ref)
+    if exp is not None:
+        values, t_exp, source = exp
+        figures["experiment"]["B_exp_A2"] = {"value": values, "T_K": t_exp, "source": source}
+        for el, value in values.items():
+            model = b_at(np.array([r["temperature_K"] for r in b_runs]),
+                         np.array([r["summary"]["B_iso_A2"][el] for r in b_runs]), t_exp)
+            rows.append(_row(name, "crystal", f"B_iso_{el}_vs_experiment", model, float(value),
+                             abs(model / value - 1) <= tolerances["B_iso_tolerance"],
+                             f"B({el}) {model:.3f} A^2 at {t_exp:g} K ({'NPT' if npt else 'all'} runs, B = cT) vs "
+                             f"{value:g} A^2 ({source})"))
+    return figures, rows
+
+
+def run_stage(reference: str | Path, run_dirs: list[dict[str, Any]], crystal: dict[str, Any],
+              tolerances: dict[str, Any], qc_out: str | Path, table_out: str | Path) -> dict[str, Any]:
+    """Run the QC stage for one crystal; write ``qc.json`` and the QC table (Parquet) atomically.
+
+    Parameters
+    ----------
+    reference
+        The reference stage's reference.json.
+    run_dirs
+        One dict per run: ensemble, temperature_K, replica, snapshots_summary (path of summary.json), snapshots
+        (path of snapshots.traj), supercell (na, nb, nc).
+    crystal, tolerances
+        See :func:`crystal_qc`.
+    qc_out, table_out
+        Output JSON (figures, and the QC rows) and Parquet (:data:`QC_COLUMNS`).
+
+    Returns
+    -------
+    dict
+        The figures of :func:`crystal_qc`, with ``checks`` (the rows).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ase.io import read
+
+    runs = []
+    for rd in run_dirs:
+        summary = read_json(rd["snapshots_summary"])
+        frames = read(str(rd["snapshots"]), index=":")
+        na, nb, nc = rd["supercell"]
+        lengths = np.mean([f.cell.lengths() for f in frames], axis=0) / np.array([na, nb, nc])
+        runs.append({"ensemble": rd["ensemble"], "temperature_K": float(rd["temperature_K"]), "replica": rd["replica"],
+                     "summary": summary, "lattice": dict(zip("abc", map(float, lengths), strict=True)),
+                     "volume_parent_A3": summary["window_volume_A3"] / (na * nb * nc)})
+    figures, rows = crystal_qc(crystal, read_json(reference), runs, tolerances)
+    for row in rows:
+        (log.info if row["status"] == "pass" else log.warning)("%s %s %s: %s", row["scope"], row["check"],
+                                                                row["status"], row["detail"])
+    schema = pa.schema([(n, getattr(pa, t)()) for n, t in QC_COLUMNS])
+    with atomic_path(table_out) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), str(tmp))
+    write_json(qc_out, {**figures, "checks": rows})
+    return {**figures, "checks": rows}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``mdxrd qc`` (the workflow's QC stage)."""
+    p = subparsers.add_parser("qc", help="QC stage: thermal expansion, B(T), experiment, pass/warn table")
+    p.add_argument("--reference", required=True, help="the reference stage's reference.json")
+    p.add_argument("--runs", required=True,
+                   help="JSON list of {ensemble, temperature_K, replica, snapshots_summary, snapshots, supercell}")
+    p.add_argument("--crystal", required=True, help="JSON: the config's crystal entry")
+    p.add_argument("--tolerances", required=True, help="JSON: the config's qc section")
+    p.add_argument("--qc-out", required=True)
+    p.add_argument("--table-out", required=True)
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    run_stage(args.reference, json.loads(args.runs), json.loads(args.crystal), json.loads(args.tolerances),
+              args.qc_out, args.table_out)
+    return 0
