@@ -186,6 +186,7 @@ def test_crystal_qc_compares_with_experiment_and_flags():
     assert by_check["lattice_constant_vs_experiment"]["value"] == pytest.approx(a_model, rel=1e-4)
     assert by_check["lattice_constant_vs_experiment"]["status"] == "warn"  # 3.58 vs 3.615: -1.1 %
     assert all(v == "pass" for (scope, check), v in status.items() if scope != "crystal")
+    assert all(r["deviation"] is None for r in rows if r["scope"] != "crystal")  # flags, not comparisons
 
     _, rows = crystal_qc(crystal, _reference(), _runs(0.002, 0.0025, equilibrated=False, n_ind=2.0,
                                                        lindemann=0.3), TOL)

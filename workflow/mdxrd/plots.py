@@ -105,7 +105,7 @@ def plot_thermal(qc: dict[str, Any], out: str | Path) -> None:
                   label="NPT-Berendsen, mean of snapshots")
     if "a_exp_A" in exp:
         e = exp["a_exp_A"]
-        ax_a.plot([e["T_K"]], [e["value"]], "r*", ms=11, label=f"experiment ({_short(e['source'])})")
+        ax_a.plot([e["T_K"]], [e["value"]], "r*", ms=11, label=f"experiment, {e['T_K']:g} K (source: QC table)")
     title = f"{qc['crystal']}: lattice constant a"
     if qc.get("alpha_L_per_K") is not None:
         title += f"; α_L = {qc['alpha_L_per_K'] * 1e6:.1f}×10⁻⁶/K"
@@ -114,7 +114,7 @@ def plot_thermal(qc: dict[str, Any], out: str | Path) -> None:
     ax_a.set_title(title, fontsize=10)
     ax_a.set_xlabel("T (K)")
     ax_a.set_ylabel("a (Å)")
-    ax_a.legend(fontsize=8)
+    ax_a.legend(fontsize=8, loc="best")
 
     elements = [k for k in qc["B_at_reference_A2"]]
     t_max = max([p["temperature_K"] for p in qc["B_T"]] + [exp.get("B_exp_A2", {}).get("T_K", 0.0)])
@@ -132,7 +132,7 @@ def plot_thermal(qc: dict[str, Any], out: str | Path) -> None:
         if "B_exp_A2" in exp and el in exp["B_exp_A2"]["value"]:
             e = exp["B_exp_A2"]
             ax_b.plot([e["T_K"]], [e["value"][el]], "*", color=colour, mec="k", ms=12,
-                      label=f"{el} experiment ({_short(e['source'])})")
+                      label=f"{el} experiment, {e['T_K']:g} K")
     ax_b.set_xlim(left=0)
     ax_b.set_ylim(bottom=0)
     ax_b.set_title(f"{qc['crystal']}: Debye–Waller B = 8π²⟨u²⟩ per element", fontsize=10)
@@ -142,10 +142,6 @@ def plot_thermal(qc: dict[str, Any], out: str | Path) -> None:
     fig.tight_layout()
     _save(fig, out)
     plt.close(fig)
-
-
-def _short(source: str, n: int = 28) -> str:
-    return source if len(source) <= n else source[: n - 1].rstrip() + "…"
 
 
 def plot_traces(name: str, runs: list[dict[str, Any]], out: str | Path) -> None:

@@ -87,9 +87,10 @@ def b_at(temperatures_K: np.ndarray, b_A2: np.ndarray, temperature_K: float) -> 
 
 
 def _row(crystal: str, scope: str, check: str, value: float | None, reference: float | None, ok: bool,
-         detail: str) -> dict[str, Any]:
+         detail: str, compare: bool = False) -> dict[str, Any]:
+    """One QC row; ``compare``: a comparison of a figure with a reference value (deviation = value/reference - 1)."""
     dev = None
-    if value is not None and reference not in (None, 0.0):
+    if compare and value is not None and reference not in (None, 0.0):
         dev = float(value / reference - 1.0)
     return {"crystal": crystal, "scope": scope, "check": check, "value": value, "reference": reference,
             "deviation": dev, "status": "pass" if ok else "warn", "detail": detail}
@@ -133,7 +134,7 @@ def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[di
     for r in runs:
         s = r["summary"]
         scope = f"{r['ensemble']}/{r['temperature_K']:g}K/r{r['replica']}"
-        rows.append(_row(name, scope, "equilibrated", float(s["equilibrated"]), 1.0, bool(s["equilibrated"]),
+        rows.append(_row(name, scope, "equilibrated", None, None, bool(s["equilibrated"]),
                          "; ".join(s.get("misses", [])) or
                          f"mean T {s['window_T_K']:.1f} +- {s['window_T_sem_K']:.1f} K"))
         n_ind = float(s["n_independent_snapshots"])
@@ -151,7 +152,8 @@ def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[di
     dev = reference["lattice_deviation_pct"]
     rows.append(_row(name, "crystal", "relaxed_vs_cif_a", reference["relaxed_lattice"]["a"],
                      reference["cif_lattice"]["a"], abs(dev["a_pct"]) <= 100 * tolerances["lattice_tolerance"],
-                     f"relaxed a, b, c {dev['a_pct']:+.2f} %, {dev['b_pct']:+.2f} %, {dev['c_pct']:+.2f} % off the CIF"))
+                     f"relaxed a, b, c {dev['a_pct']:+.2f} %, {dev['b_pct']:+.2f} %, {dev['c_pct']:+.2f} % off the CIF",
+                     compare=True))
 
     npt = [r for r in runs if r["ensemble"].startswith("npt")]
     a_t = [{"temperature_K": 0.0, **{k: reference["relaxed_lattice"][k] for k in "abc"}, "ensemble": "relaxed"}]
@@ -192,7 +194,7 @@ def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[di
             a_model, where = reference["relaxed_lattice"]["a"], "0 K relaxed a (no NPT run)"
         rows.append(_row(name, "crystal", "lattice_constant_vs_experiment", a_model, float(value),
                          abs(a_model / value - 1) <= tolerances["lattice_tolerance"],
-                         f"{where} {a_model:.4f} A vs {value:.4f} A ({source})"))
+                         f"{where} {a_model:.4f} A vs {value:.4f} A ({source})", compare=True))
     exp = _experiment(crystal, "alpha_exp_per_K", t_ref)
     if exp is not None:
         value, t_exp, source = exp
@@ -201,14 +203,14 @@ def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[di
             rows.append(_row(name, "crystal", "alpha_L_vs_experiment", alpha, float(value),
                              abs(alpha / value - 1) <= tolerances["alpha_tolerance"],
                              f"alpha_L {alpha * 1e6:.1f}e-6/K over {temps.min():g}-{temps.max():g} K vs "
-                             f"{value * 1e6:.1f}e-6/K at {t_exp:g} K ({source})"))
+                             f"{value * 1e6:.1f}e-6/K at {t_exp:g} K ({source})", compare=True))
     exp = _experiment(crystal, "bulk_modulus_exp_GPa", t_ref)
     if exp is not None:
         value, t_exp, source = exp
         figures["experiment"]["bulk_modulus_exp_GPa"] = {"value": value, "T_K": t_exp, "source": source}
         rows.append(_row(name, "crystal", "bulk_modulus_vs_experiment", eos["B0_GPa"], float(value),
                          abs(eos["B0_GPa"] / value - 1) <= tolerances["bulk_modulus_tolerance"],
-                         f"0 K Birch-Murnaghan B0 {eos['B0_GPa']:.1f} GPa vs {value:g} GPa ({source})"))
+                         f"0 K Birch-Murnaghan B0 {eos['B0_GPa']:.1f} GPa vs {value:g} GPa ({source})", compare=True))
     exp = _experiment(crystal, "B_exp_A2", t_ref)
     if exp is not None:
         values, t_exp, source = exp
@@ -219,7 +221,7 @@ def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[di
             rows.append(_row(name, "crystal", f"B_iso_{el}_vs_experiment", model, float(value),
                              abs(model / value - 1) <= tolerances["B_iso_tolerance"],
                              f"B({el}) {model:.3f} A^2 at {t_exp:g} K ({'NPT' if npt else 'all'} runs, B = cT) vs "
-                             f"{value:g} A^2 ({source})"))
+                             f"{value:g} A^2 ({source})", compare=True))
     return figures, rows
 
 

@@ -6,15 +6,15 @@ rule plots:
         runs=lambda wc: crystal_run_files(wc.crystal, PLOT_KINDS),
     output:
         patterns=report(out("plot_patterns"), caption="../report/patterns.rst", category="{crystal}",
-                        labels={"crystal": "{crystal}", "figure": "1 averaged patterns"}),
+                        labels={"figure": "1 averaged patterns"}),
         zoom=report(out("plot_zoom"), caption="../report/zoom.rst", category="{crystal}",
-                    labels={"crystal": "{crystal}", "figure": "2 strongest peak"}),
+                    labels={"figure": "2 strongest peak"}),
         thermal=report(out("plot_thermal"), caption="../report/thermal.rst", category="{crystal}",
-                       labels={"crystal": "{crystal}", "figure": "3 a(T) and B(T)"}),
+                       labels={"figure": "3 a(T) and B(T)"}),
         traces=report(out("plot_traces"), caption="../report/traces.rst", category="{crystal}",
-                      labels={"crystal": "{crystal}", "figure": "4 thermo traces"}),
+                      labels={"figure": "4 thermo traces"}),
         qc_html=report(out("qc_html"), caption="../report/qc.rst", category="{crystal}",
-                       labels={"crystal": "{crystal}", "figure": "5 QC table"}),
+                       labels={"figure": "5 QC table"}),
     log:
         "logs/plots/{crystal}.log",
     params:
