@@ -10,7 +10,7 @@ import pytest
 
 from mdxrd.qc import b_at, crystal_qc, expansion_coefficient
 from mdxrd.reference import birch_murnaghan, lattice_deviation, static_pattern
-from mdxrd.snapshots import b_iso, displacements, energy_drift, integrated_autocorrelation_time
+from mdxrd.snapshots import b_iso, b_iso_standard_error, displacements, energy_drift, integrated_autocorrelation_time
 
 
 def _gaussian_frames(n_frames=40, sigmas=None, scales=None, seed=0):
@@ -37,8 +37,12 @@ def test_b_iso_per_element_of_gaussian_displacements():
     frames, sigmas = _gaussian_frames()
     b = b_iso(frames)
     assert set(b) == {"Na", "Cl"}
+    err = b_iso_standard_error(frames)
     for el, s in sigmas.items():
         assert b[el] == pytest.approx(8 * math.pi**2 * s**2, rel=0.06)
+        # independent frames: the spread of the per-frame B gives the error of the mean (32 atoms x 3 directions
+        # per element and frame: relative error of one frame sqrt(2/96), of the mean that over sqrt(40))
+        assert err[el] == pytest.approx(b[el] * math.sqrt(2 / 96) / math.sqrt(40), rel=0.35)
 
 
 def test_b_iso_unchanged_by_a_barostat_scaling_the_cell():

@@ -46,6 +46,7 @@ energy_drift_meV_per_atom_ps  float64  slope of E_kin + E_pot over the window (0
 tau_int_E_pot_fs      float64  integrated autocorrelation time of E_pot over the window
 n_independent_snapshots  float64  N_s / max(1, tau_int_E_pot_fs / (n_interval dt))
 B_iso_A2              map<string, float64>  Debye-Waller B = 8 pi^2 <u^2> per element from the run's snapshots
+B_iso_sem_A2          map<string, float64>  its standard error from the frame-to-frame spread (a lower bound)
 supercell             list<int32>  (na, nb, nc)
 n_atoms               int32    atoms in the simulation cell
 intensity             list<float32>  pattern on the 2theta grid, per degree, per parent cell: Bragg
@@ -101,6 +102,7 @@ def schema() -> Any:
         ("window_volume_A3", pa.float64()), ("window_volume_sem_A3", pa.float64()),
         ("energy_drift_meV_per_atom_ps", pa.float64()), ("tau_int_E_pot_fs", pa.float64()),
         ("n_independent_snapshots", pa.float64()), ("B_iso_A2", pa.map_(pa.string(), pa.float64())),
+        ("B_iso_sem_A2", pa.map_(pa.string(), pa.float64())),
         ("static_cell", pa.string()),
         ("supercell", pa.list_(pa.int32())), ("n_atoms", pa.int32()),
         ("intensity", pa.list_(pa.float32())), ("intensity_bragg", pa.list_(pa.float32())),
@@ -219,6 +221,7 @@ def build_rows(config: dict[str, Any], results: str | Path) -> tuple[list[dict[s
             "lindemann_ratio": summary["lindemann_ratio"], "melted": summary["melted"],
             **{k: summary[k] for k in RUN_FIGURES},
             "B_iso_A2": list(summary["B_iso_A2"].items()),
+            "B_iso_sem_A2": list(summary["B_iso_sem_A2"].items()),
             "supercell": supercell, "n_atoms": run["n_atoms"],
         }
         labels = [_snapshot_labels(f, supercell) for f in frames]

@@ -2,7 +2,7 @@
 
 * ``patterns.png``: the averaged pattern of every run (one panel per ensemble, one line
   per temperature) over the static pattern of the relaxed 0 K cell.
-* ``zoom.png``: the strongest static reflection, +- 1.5 degrees: the thermal peak shift
+* ``zoom.png``: the strongest static reflection and every run's peak: the thermal peak shift
   (NPT: expansion moves the peak to lower 2theta) and the Debye-Waller decay of its height.
 * ``thermal.png``: a(T) (NPT snapshots' mean, and the 0 K relaxed cell) and B(T) per
   element (every run), with the experimental references of the crystal's entry.
@@ -62,29 +62,42 @@ def plot_patterns(name: str, static: Any, runs: list[dict[str, Any]], out: str |
     plt.close(fig)
 
 
-def plot_zoom(name: str, static: Any, runs: list[dict[str, Any]], out: str | Path, half_width_deg: float = 1.5) -> None:
-    """``zoom.png``: the strongest static reflection, every run's averaged peak beside it."""
+def plot_zoom(name: str, static: Any, runs: list[dict[str, Any]], out: str | Path, margin_deg: float = 1.0) -> None:
+    """``zoom.png``: the strongest static reflection, every run's averaged peak beside it.
+
+    The window spans the maxima of the static patterns and of every run within 3 degrees of the
+    strongest static reflection, plus ``margin_deg`` on each side.
+    """
     import matplotlib.pyplot as plt
 
     tt = static["two_theta"]
     peak = float(tt[int(np.argmax(static["intensity_relaxed"]))])
-    window = (tt >= peak - half_width_deg) & (tt <= peak + half_width_deg)
+
+    def maximum(x: np.ndarray, y: np.ndarray) -> float:
+        near = np.abs(x - peak) <= 3.0
+        return float(x[near][int(np.argmax(y[near]))])
+
+    maxima = [peak, maximum(tt, static["intensity_cif"])] + [maximum(r["two_theta"], r["intensity"]) for r in runs]
+    lo, hi = min(maxima) - margin_deg, max(maxima) + margin_deg
+    window = (tt >= lo) & (tt <= hi)
     ensembles = list(dict.fromkeys(r["ensemble"] for r in runs))
     colours = _temperature_colours([r["temperature_K"] for r in runs])
-    fig, axes = plt.subplots(1, len(ensembles), figsize=(3.6 * len(ensembles), 3.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(ensembles), figsize=(3.8 * len(ensembles), 3.4), sharey=True, squeeze=False)
     for ax, ens in zip(axes[0], ensembles, strict=True):
-        ax.plot(tt[window], static["intensity_relaxed"][window], color="0.4", ls="--", lw=1.0, label="static 0 K")
+        ax.plot(tt[window], static["intensity_relaxed"][window], color="0.4", ls="--", lw=1.0,
+                label="static, relaxed 0 K")
+        ax.plot(tt[window], static["intensity_cif"][window], color="k", ls=":", lw=1.0, label="static, CIF cell")
         for r in (r for r in runs if r["ensemble"] == ens):
             y = r["intensity"][window]
             x = r["two_theta"][window]
             ax.plot(x, y, color=colours[r["temperature_K"]], lw=1.2, label=f"{r['temperature_K']:g} K")
             ax.axvline(float(x[int(np.argmax(y))]), color=colours[r["temperature_K"]], lw=0.6, ls=":")
-        ax.axvline(peak, color="0.4", lw=0.6, ls=":")
         ax.set_title(ENSEMBLE_STYLE.get(ens, (None, ens))[1], fontsize=10)
         ax.set_xlabel("2θ (deg)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("intensity (e$^2$/deg per cell)")
-    fig.suptitle(f"{name}: strongest reflection at {peak:.2f}° (static); dotted lines mark the maxima", fontsize=10)
+    fig.suptitle(f"{name}: strongest reflection ({peak:.2f}° in the relaxed 0 K cell); dotted lines mark the maxima",
+                 fontsize=10)
     fig.tight_layout()
     _save(fig, out)
     plt.close(fig)
@@ -123,8 +136,9 @@ def plot_thermal(qc: dict[str, Any], out: str | Path) -> None:
         for ens, (marker, label) in ENSEMBLE_STYLE.items():
             sel = [p for p in qc["B_T"] if p["ensemble"] == ens]
             if sel:
-                ax_b.plot([p["temperature_K"] for p in sel], [p[el] for p in sel], marker, color=colour, ls="none",
-                          label=f"{el}, {label}")
+                ax_b.errorbar([p["temperature_K"] for p in sel], [p[el] for p in sel],
+                              yerr=[p.get(f"{el}_sem", 0.0) for p in sel], fmt=marker, color=colour, capsize=2,
+                              label=f"{el}, {label}")
         slope = qc["B_at_reference_A2"][el] / qc["reference_T_K"]
         ax_b.plot([0, t_max * 1.05], [0, slope * t_max * 1.05], color=colour, lw=0.8,
                   label=f"{el}: B = cT ({qc['B_reference_runs'].upper() if qc['B_reference_runs'] == 'npt' else 'all'}"

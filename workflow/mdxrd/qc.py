@@ -174,8 +174,8 @@ def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[di
     eos = reference["eos"]
     figures: dict[str, Any] = {
         "crystal": name, "reference_T_K": t_ref, "a_T": a_t, "alpha_L_per_K": alpha, "a_at_reference_A": a_ref,
-        "B_T": [{"ensemble": r["ensemble"], "temperature_K": r["temperature_K"], **r["summary"]["B_iso_A2"]}
-                for r in runs],
+        "B_T": [{"ensemble": r["ensemble"], "temperature_K": r["temperature_K"], **r["summary"]["B_iso_A2"],
+                 **{f"{el}_sem": v for el, v in r["summary"].get("B_iso_sem_A2", {}).items()}} for r in runs],
         "B_at_reference_A2": b_ref, "B_reference_runs": "npt" if npt else "all",
         "eos": {k: eos[k] for k in ("V0_A3", "E0_eV", "B0_GPa", "B0_prime", "fit_rms_meV")},
         "lattice_deviation_pct": dev, "experiment": {},

@@ -193,14 +193,31 @@ def b_iso(frames: list[Any]) -> dict[str, float]:
     ValueError
         Fewer than two frames.
     """
+    return {el: float(b.mean()) for el, b in _frame_b(frames).items()}
+
+
+def b_iso_standard_error(frames: list[Any]) -> dict[str, float]:
+    """Standard error of :func:`b_iso` from its frame-to-frame spread, Angstrom^2.
+
+    The standard deviation over frames of each frame's B (same correction) divided by
+    sqrt(N_s): the error of independent snapshots. Correlated snapshots make the true error
+    larger, so read it as a lower bound (see ``n_independent_snapshots``).
+
+    Returns
+    -------
+    dict
+        Element symbol -> standard error in Angstrom^2.
+    """
+    return {el: float(b.std(ddof=1) / math.sqrt(b.size)) for el, b in _frame_b(frames).items()}
+
+
+def _frame_b(frames: list[Any]) -> dict[str, np.ndarray]:
+    """Per element, (n_frames,) B of each frame, 8 pi^2 <u^2> N_s / (N_s - 1), Angstrom^2."""
     u = displacements(frames)
     n_s = len(frames)
     symbols = np.array(frames[0].get_chemical_symbols())
-    out: dict[str, float] = {}
-    for el in dict.fromkeys(symbols.tolist()):
-        u2 = float(np.mean(u[:, symbols == el, :] ** 2)) * n_s / (n_s - 1)
-        out[el] = 8.0 * math.pi**2 * u2
-    return out
+    return {el: 8.0 * math.pi**2 * np.mean(u[:, symbols == el, :] ** 2, axis=(1, 2)) * n_s / (n_s - 1)
+            for el in dict.fromkeys(symbols.tolist())}
 
 
 def lindemann_ratio(frames: list[Any]) -> float:
@@ -397,7 +414,7 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         mean_E_pot_eV and the standard deviations std_T_K, std_P_GPa, std_volume_A3, std_E_pot_eV over
         the same window (steps >= n_equil), energy_drift_meV_per_atom_ps (:func:`energy_drift`),
         tau_int_E_pot_fs (:func:`integrated_autocorrelation_time` of E_pot, fs), n_independent_snapshots
-        and B_iso_A2 (element -> Angstrom^2, :func:`b_iso`).
+        B_iso_A2 (element -> Angstrom^2, :func:`b_iso`) and B_iso_sem_A2 (:func:`b_iso_standard_error`).
 
     Raises
     ------
@@ -419,11 +436,13 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
     motion_frames = [frames[min(frames)], *snaps] if len(snaps) < 2 else snaps
     lindemann = lindemann_ratio(motion_frames)
     b_factors = b_iso(motion_frames)
+    b_errors = b_iso_standard_error(motion_frames)
     melted = lindemann > lindemann_threshold
     if melted:
         log.warning("Lindemann ratio %.3f > %.3f: the crystal melted or lost long-range order", lindemann,
                     lindemann_threshold)
-    log.info("B_iso from the snapshots: %s", ", ".join(f"{el} {b:.3f} A^2" for el, b in b_factors.items()))
+    log.info("B_iso from the snapshots: %s", ", ".join(f"{el} {b:.3f} +- {b_errors[el]:.3f} A^2"
+                                                       for el, b in b_factors.items()))
 
     vel = np.load(velocities)
     max_lag = max(1, (len(vel) - 1) // 2)
@@ -471,6 +490,7 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
     summary["tau_int_E_pot_fs"] = tau_int
     summary["n_independent_snapshots"] = len(snaps) / max(1.0, tau_int / t_sample)
     summary["B_iso_A2"] = b_factors
+    summary["B_iso_sem_A2"] = b_errors
     log.info("E_pot integrated autocorrelation time %.1f fs: %.1f effectively independent snapshots of %d; "
              "E_tot drift %.3f meV/atom/ps", tau_int, summary["n_independent_snapshots"], len(snaps),
              summary["energy_drift_meV_per_atom_ps"])
