@@ -94,11 +94,12 @@ def plot_zoom(name: str, static: Any, runs: list[dict[str, Any]], out: str | Pat
             ax.axvline(float(x[int(np.argmax(y))]), color=colours[r["temperature_K"]], lw=0.6, ls=":")
         ax.set_title(ENSEMBLE_STYLE.get(ens, (None, ens))[1], fontsize=10)
         ax.set_xlabel("2θ (deg)")
-        ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("intensity (e$^2$/deg per cell)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(f"{name}: strongest reflection ({peak:.2f}° in the relaxed 0 K cell); dotted lines mark the maxima",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.07, 1.0, 1.0))
     _save(fig, out)
     plt.close(fig)
 
