@@ -17,7 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def default_raw() -> dict:
-    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    """The default config with its crystal sheet read into the list form (the tests edit entries)."""
+    from mdxrd.crystals import read_sheet
+
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert raw["crystals"] == "config/crystals.tsv"
+    raw["crystals"] = read_sheet(REPO / "config" / "crystals.tsv")
+    return raw
 
 
 def _with(raw: dict, path: str, value) -> dict:

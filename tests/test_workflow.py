@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -31,7 +32,20 @@ def test_dry_run_default_config_lists_the_grid():
     counts = _job_counts(res.stdout)
     runs = 3 * 3 * 2  # crystals x ensembles x temperatures
     assert counts == {"structure": 3, "reference": 3, "md": runs, "snapshots": runs, "xrd": runs, "average": runs,
-                      "qc": 3, "plots": 3, "dataset": 1, "all": 1, "total": 4 * 3 + 4 * runs + 2}
+                      "qc": 3, "plots": 3, "dataset_part": 3, "dataset": 1, "all": 1, "total": 5 * 3 + 4 * runs + 2}
+
+
+def test_dry_run_glob_of_structure_files(tmp_path):
+    """crystals: a glob: one crystal per file, named by its stem, supercell auto (Cu: 3x3x3 for 10 A)."""
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
+                          str(REPO / ".test" / "config.yaml"), "--config", f"crystals={REPO}/config/structures/*.cif",
+                          "-n", "--cores", "2"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    counts = _job_counts(res.stdout)
+    assert counts["structure"] == 3 and counts["md"] == 3 * 2 and counts["dataset_part"] == 3
+    params = json.loads((tmp_path / "results" / "params" / "crystals" / "Cu.json").read_text())
+    assert params["structure"]["supercell"] == [3, 3, 3] and params["xrd"]["supercell"] == [3, 3, 3]
+    assert sorted(p.stem for p in (tmp_path / "results" / "params" / "crystals").glob("*.json")) == ["Cu", "NaCl", "Si"]
 
 
 def test_lint_is_clean():
@@ -71,7 +85,9 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_run_dataset(tiny_run):
     work, config = tiny_run
-    path = work / "results" / "dataset" / "patterns.parquet"
+    path = work / "results" / "dataset"
+    assert sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) == [
+        "_common_metadata", "crystal=Cu/part-0.parquet"]
     df, grid, meta = read_dataset(path)
     n_runs, n_snap = 2, len(range(10 + 5, 20 + 1, 5))
     assert len(df) == 2 + n_runs * (n_snap + 1)
@@ -88,7 +104,7 @@ def test_tiny_run_dataset(tiny_run):
     assert grid[np.argmax(relaxed)] == pytest.approx(grid[np.argmax(nvt_avg)], abs=0.051)
     assert relaxed.max() > nvt_avg.max()
     # per-run thermal figures: B per element, statistics
-    assert all(dict(b)["Cu"] > 0 for b in df.B_iso_A2)
+    assert all(len(b) == 1 and b[0]["element"] == "Cu" and b[0]["B_A2"] > b[0]["B_sem_A2"] > 0 for b in df.B_iso)
     assert (df.tau_int_E_pot_fs >= 1.0).all() and (df.n_independent_snapshots <= df.n_snapshots).all()
     # grid stored once, patterns on it
     assert grid[0] == 20.0 and grid[-1] == pytest.approx(80.0) and np.allclose(np.diff(grid), 0.05)
@@ -123,7 +139,60 @@ def test_tiny_run_dataset(tiny_run):
     assert meta["config_sha256"] == config_hash(config)
     assert {"mdxrd", "chgnet", "chgnet_model", "ase", "pymatgen", "torch", "numpy"} <= set(meta["versions"])
     assert float(meta["wavelength_A"]) == 1.5406
-    assert pq.read_schema(path).remove_metadata().equals(schema())
+    assert pq.read_schema(path / "_common_metadata").remove_metadata().equals(schema())
+    # per-crystal columns: split, structure file hash, supercell; the MD device per run
+    from mdxrd.crystals import file_sha256
+
+    assert set(df.split) == {config_split(config)} and set(df.crystal) == {"Cu"}
+    assert set(df.cif_sha256) == {file_sha256(config["crystals"][0]["cif"])}
+    assert set(df.device) == {"cpu"} and all(list(s) == [2, 2, 2] for s in df.supercell)
+
+
+@pytest.mark.slow
+def test_dataset_readers_see_one_table(tiny_run):
+    """pandas, pyarrow.dataset, polars, duckdb and Hugging Face datasets read results/dataset as one table."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.dataset as ds
+    from datasets import load_dataset
+
+    work, _ = tiny_run
+    root = work / "results" / "dataset"
+    n = len(pd.read_parquet(root))
+    assert n == 2 + 2 * 3
+    assert ds.dataset(root).to_table(filter=ds.field("kind") == "average").num_rows == 2
+    frame = pl.read_parquet(f"{root}/*/*.parquet", hive_partitioning=True)
+    assert frame.height == n and frame["crystal"].unique().to_list() == ["Cu"]
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{root}/*/*.parquet')").fetchone()[0] == n
+    hf = load_dataset("parquet", data_files=f"{root}/*/*.parquet", split="train", cache_dir=str(work / "hf"))
+    assert hf.num_rows == n and set(hf["crystal"]) == {"Cu"}
+    row = hf.filter(lambda r: r["kind"] == "average")[0]
+    assert row["B_iso"][0]["element"] == "Cu" and len(row["intensity"]) == 1201
+
+
+def config_split(config: dict) -> str:
+    from mdxrd.config import split_of
+
+    return split_of(config["seed"], "Cu", config["dataset"]["split"])
+
+
+@pytest.mark.slow
+def test_adding_a_crystal_reruns_only_its_jobs(tiny_run, tmp_path):
+    """A second crystal in the table adds its own jobs and dataset part; Cu's part is not rewritten."""
+    work, _ = tiny_run
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["crystals"].append({"name": "Si", "cif": str(REPO / "config" / "structures" / "Si.cif")})
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
+                          str(tmp_path / "more.yaml"), "-n", "--cores", "2"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = _job_counts(res.stdout)
+    assert counts["dataset_part"] == 1 and counts["structure"] == 1 and counts["md"] == 2 and counts["dataset"] == 1
+    assert "output: results/dataset/crystal=Si/" in res.stdout and "output: results/dataset/crystal=Cu" not in res.stdout
+    # the workflow's own parameter files are back to the tiny config's for the other tests
+    subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
+                    str(work / "config.yaml"), "-n", "--cores", "1"], capture_output=True, check=True)
 
 
 @pytest.mark.slow
@@ -131,6 +200,9 @@ def test_tiny_run_logs_and_benchmarks(tiny_run):
     work, _ = tiny_run
     md_logs = list((work / "logs" / "md").rglob("*.log"))
     assert len(md_logs) == 2 and all("steps of 32 atoms" in p.read_text() for p in md_logs)
+    # progress lines (md.progress_interval = 50 > 20 steps: the last step only) with T, P, V, speed, ETA
+    assert all(re.search(r"step 20/20  T [0-9.]+ K  P -?[0-9.]+ GPa  V [0-9.]+ A\^3  [0-9.]+ steps/s  ETA 0 s",
+                         p.read_text()) for p in md_logs)
     assert len(list((work / "results" / "benchmarks" / "md").rglob("*.tsv"))) == 2
     assert len(list((work / "results" / "benchmarks" / "xrd").rglob("*.tsv"))) == 2
 
@@ -140,7 +212,7 @@ def test_regeneration_is_bit_identical(tiny_run, tmp_path):
     """Deleting results and rerunning the same config on the same machine gives the same table."""
     work, _ = tiny_run
     _run_tiny(tmp_path)
-    name = Path("results") / "dataset" / "patterns.parquet"
+    name = Path("results") / "dataset"
     assert content_hash(work / name) == content_hash(tmp_path / name)
 
 
@@ -153,16 +225,17 @@ def test_drop_melted_runs(tiny_run, tmp_path):
 
     work, config = tiny_run
     shutil.copytree(work / "results", tmp_path / "results")
-    df, _, _ = read_dataset(work / "results" / "dataset" / "patterns.parquet")
+    df, _, _ = read_dataset(work / "results" / "dataset")
     df = df[df.kind != "static"]
     assert not df.melted.any() and (df.lindemann_ratio < 0.1).all() and (df.lindemann_ratio > 0).all()
     summary = next((tmp_path / "results" / "snapshots" / "Cu" / "npt_berendsen").rglob("summary.json"))
     write_json(summary, {**read_json(summary), "melted": True})
-    kept = write_dataset(config, tmp_path / "results", tmp_path / "keep.parquet")
-    assert kept == len(df) + 2 and read_dataset(tmp_path / "keep.parquet")[0].melted.eq(True).sum() == 3
-    dropped = write_dataset({**config, "dataset": {"drop_melted": True}}, tmp_path / "results", tmp_path / "d.parquet")
+    kept = write_dataset(config, tmp_path / "results", tmp_path / "keep")
+    assert kept == len(df) + 2 and read_dataset(tmp_path / "keep")[0].melted.eq(True).sum() == 3
+    dropped = write_dataset({**config, "dataset": {**config["dataset"], "drop_melted": True}}, tmp_path / "results",
+                            tmp_path / "d")
     assert dropped == len(df) + 2 - 3
-    assert set(read_dataset(tmp_path / "d.parquet")[0].ensemble.dropna()) == {"nvt_langevin"}
+    assert set(read_dataset(tmp_path / "d")[0].ensemble.dropna()) == {"nvt_langevin"}
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """``mdxrd check PATH``: check a configuration file or a structure file before anything runs.
 
 A configuration (``.yaml``/``.yml``) is validated with :func:`mdxrd.config.load_config`
-(schema, ranges, grid consistency, every CIF it names); any other file is read as a
+(schema, ranges, grid consistency, every CIF it names, reusing and filling the checked
+records under ``results/checked`` as the workflow does); any other file is read as a
 structure with :func:`mdxrd.structure.read_structure`. A bad input prints one line
 naming the file, the field and what is allowed, and exits with status 2.
 """
@@ -10,6 +11,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+
+#: Checked records of structure files, shared with the workflow (relative to the working directory).
+CACHE_DIR = "results/checked"
 
 
 def check_path(path: str | Path) -> str:
@@ -25,7 +30,7 @@ def check_path(path: str | Path) -> str:
 
     path = Path(path)
     if path.suffix.lower() in {".yaml", ".yml"}:
-        config = load_config(path)
+        config = load_config(path, cache_dir=CACHE_DIR)
         return f"{path}: OK, {len(config['crystals'])} crystal(s), {len(runs(config))} MD run(s)"
     structure = read_structure(path)
     return f"{path}: OK, {structure.composition.reduced_formula}, {len(structure)} atoms per cell"

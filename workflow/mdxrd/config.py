@@ -10,10 +10,13 @@ import copy
 import hashlib
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mdxrd.io import atomic_path, read_json
 
 #: JSON schema of the configuration (YAML), shipped in the repository's config/.
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
@@ -42,8 +45,16 @@ LAYOUT = {
     "plot_thermal": "plots/{crystal}/thermal.png",
     "plot_traces": "plots/{crystal}/traces.png",
     "qc_html": "plots/{crystal}/qc.html",
-    "dataset": "dataset/patterns.parquet",
+    "dataset_part": "dataset/crystal={crystal}/part-0.parquet",
+    "dataset": "dataset/_common_metadata",
+    "params_crystal": "params/crystals/{crystal}.json",
+    "params_config": "params/config.json",
 }
+
+#: Per-run outputs that the qc, plots and dataset stages read.
+QC_KINDS = ("snapshots_summary", "snapshots")
+PLOT_KINDS = ("average", "thermo", "snapshots_summary", "run_info")
+DATASET_KINDS = ("run_info", "snapshots", "snapshots_summary", "patterns", "average")
 
 
 class ConfigError(ValueError):
@@ -87,16 +98,33 @@ class RunKey:
         return Path(results) / LAYOUT[kind].format(**self.wildcards)
 
 
-def runs(config: dict[str, Any]) -> list[RunKey]:
-    """The run grid in a fixed order: crystals (config order) x ensembles x temperatures x replicas."""
-    return [RunKey(c["name"], e, float(t), r)
-            for c, e, t, r in itertools.product(config["crystals"], config["ensembles"],
-                                                config["temperatures_K"], range(config["replicas"]))]
+def runs(config: dict[str, Any], name: str | None = None) -> list[RunKey]:
+    """The run grid in a fixed order: crystals (config order) x ensembles x temperatures x replicas.
+
+    With ``name``, only the runs of that crystal.
+    """
+    crystals = [c["name"] for c in config["crystals"]] if name is None else [name]
+    return [RunKey(c, e, float(t), r)
+            for c, e, t, r in itertools.product(crystals, config["ensembles"], config["temperatures_K"],
+                                                range(config["replicas"]))]
+
+
+_INDEX: tuple[Any, dict[str, dict[str, Any]]] = (None, {})
 
 
 def crystal(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The crystals-table entry called ``name``."""
-    return next(c for c in config["crystals"] if c["name"] == name)
+    """The crystals-table entry called ``name`` (a dict lookup: thousands of crystals are common).
+
+    Raises
+    ------
+    KeyError
+        No crystal of that name.
+    """
+    global _INDEX
+    table = config["crystals"]
+    if _INDEX[0] is not table or len(_INDEX[1]) != len(table):
+        _INDEX = (table, {c["name"]: c for c in table})
+    return _INDEX[1][name]
 
 
 def md_params(config: dict[str, Any], key: RunKey) -> dict[str, Any]:
@@ -124,14 +152,15 @@ def md_params(config: dict[str, Any], key: RunKey) -> dict[str, Any]:
         "threads": md["threads"],
         "calculator": md["calculator"],
         "npt_integrator": md["npt_integrator"],
-        **{k: md[k] for k in ("npt_cell", "start_temperature_factor", "npt_pre_steps", "equil_taup_fs")},
+        **{k: md[k] for k in ("npt_cell", "start_temperature_factor", "npt_pre_steps", "equil_taup_fs",
+                              "progress_interval")},
     }
 
 
 def structure_params(config: dict[str, Any], name: str) -> dict[str, Any]:
     """Keyword arguments of :class:`mdxrd.structure.StructureParams` for crystal ``name``."""
     s = config["structure"]
-    return {"supercell": list(crystal(config, name).get("supercell", [2, 2, 2])), "relax": s["relax"],
+    return {"supercell": list(crystal(config, name)["supercell"]), "relax": s["relax"],
             "fmax_eV_per_A": s["fmax_eV_per_A"], "relax_max_steps": s["relax_max_steps"],
             "max_atoms": s["max_atoms"], "device": config["md"]["device"], "threads": config["md"]["threads"]}
 
@@ -155,10 +184,10 @@ def reference_params(config: dict[str, Any]) -> dict[str, Any]:
 def crystal_runs(config: dict[str, Any], name: str, kinds: tuple[str, ...], results: str | Path = "results"
                  ) -> list[dict[str, Any]]:
     """The runs of crystal ``name``: ensemble, temperature_K, replica, supercell and the path of each of ``kinds``."""
-    sc = list(crystal(config, name).get("supercell", [2, 2, 2]))
+    sc = list(crystal(config, name)["supercell"])
     return [{"ensemble": k.ensemble, "temperature_K": k.temperature_K, "replica": k.replica, "supercell": sc,
              **{kind: str(k.path(kind, results)) for kind in kinds}}
-            for k in runs(config) if k.crystal == name]
+            for k in runs(config, name)]
 
 
 def xrd_params(config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
@@ -167,8 +196,99 @@ def xrd_params(config: dict[str, Any], name: str | None = None) -> dict[str, Any
     out: dict[str, Any] = {"wavelength": x["wavelength"], "two_theta_range": [x["two_theta_min"], x["two_theta_max"]],
                            "two_theta_step": x["two_theta_step"], "sigma_deg": x["sigma_deg"]}
     if name is not None:
-        out["supercell"] = list(crystal(config, name).get("supercell", [2, 2, 2]))
+        out["supercell"] = list(crystal(config, name)["supercell"])
     return out
+
+
+def run_id(key: RunKey) -> str:
+    """A run's name inside its crystal's parameter file: ``{ensemble}.{temperature}K.r{replica}``."""
+    w = key.wildcards
+    return f"{w['ensemble']}.{w['temperature']}K.r{w['replica']}"
+
+
+def split_of(seed: int, name: str, fractions: dict[str, float]) -> str:
+    """The dataset split (train, validation, test) of crystal ``name``, fixed by the seed and the name.
+
+    A uniform number u in [0, 1) from the first 8 bytes of SHA-256 of ``"{seed}/{name}"``
+    picks the split whose cumulative fraction first exceeds u, so each crystal's share
+    follows ``fractions`` on average and never depends on the other crystals. Every
+    pattern of a crystal lands in the same split: snapshots of one crystal are strongly
+    correlated and a split by row would leak them between train and test.
+    """
+    u = int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") / 2.0**64
+    total = 0.0
+    for split in ("train", "validation", "test"):
+        total += fractions[split]
+        if u < total:
+            return split
+    return "test"
+
+
+def crystal_params(config: dict[str, Any], name: str, results: str | Path = "results") -> dict[str, Any]:
+    """Every stage's parameters for crystal ``name``: the content of its parameter file.
+
+    Sections: ``structure``, ``reference``, ``reference_xrd``, ``md`` (one entry per
+    :func:`run_id`), ``snapshots``, ``xrd``, ``qc`` (runs, crystal, tolerances), ``plots``
+    (runs, md) and ``dataset`` (crystal, split, drop_melted, runs). Nothing in it depends on
+    the other crystals, so adding crystals leaves the existing files as they are.
+    """
+    entry = crystal(config, name)
+    md = config["md"]
+    return {
+        "structure": structure_params(config, name),
+        "reference": reference_params(config),
+        "reference_xrd": xrd_params(config),
+        "md": {run_id(k): md_params(config, k) for k in runs(config, name)},
+        "snapshots": snapshot_params(config),
+        "xrd": xrd_params(config, name),
+        "qc": {"runs": crystal_runs(config, name, QC_KINDS, results), "crystal": entry, "tolerances": config["qc"]},
+        "plots": {"runs": crystal_runs(config, name, PLOT_KINDS, results),
+                  "md": {k: md[k] for k in ("n_equil", "timestep_fs")}},
+        "dataset": {"crystal": entry, "split": split_of(config["seed"], name, config["dataset"]["split"]),
+                    "drop_melted": config["dataset"]["drop_melted"],
+                    "runs": crystal_runs(config, name, DATASET_KINDS, results)},
+    }
+
+
+def params_ref(name: str, *section: str, results: str | Path = "results") -> str:
+    """``--params`` argument of a job: crystal ``name``'s parameter file and its ``section`` (see :func:`mdxrd.io.load_params`)."""
+    return f"{Path(results) / LAYOUT['params_crystal'].format(crystal=name)}#{'/'.join(section)}"
+
+
+def write_params(config: dict[str, Any], results: str | Path = "results") -> int:
+    """Write the parameter files of a resolved configuration; return how many were (re)written.
+
+    ``results/params/config.json`` holds the whole resolved configuration (the dataset's
+    provenance, and what a cluster job reads instead of validating again);
+    ``results/params/crystals/{name}.json`` holds :func:`crystal_params`. A file is
+    rewritten only when its content changes (each written atomically), so a parse of
+    the Snakefile with thousands of crystals compares JSON text and touches nothing.
+    """
+    results = Path(results)
+    written = 0
+
+    def put(path: Path, data: Any) -> None:
+        nonlocal written
+        text = json.dumps(data, indent=1, sort_keys=True)
+        try:
+            if path.read_text() == text:
+                return
+        except OSError:
+            pass
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+        written += 1
+
+    put(results / LAYOUT["params_config"], config)
+    for entry in config["crystals"]:
+        put(results / LAYOUT["params_crystal"].format(crystal=entry["name"]), crystal_params(config, entry["name"],
+                                                                                              results))
+    return written
+
+
+def read_resolved(results: str | Path = "results") -> dict[str, Any]:
+    """The resolved configuration that :func:`write_params` wrote (cluster jobs read it instead of validating)."""
+    return read_json(Path(results) / LAYOUT["params_config"])
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -210,29 +330,50 @@ def _schema_errors(config: dict[str, Any]) -> Iterator[str]:
         yield f"{where or '(top level)'}: {msg}"
 
 
-def validate_config(config: dict[str, Any], source: str = "config", check_inputs: bool = True) -> dict[str, Any]:
+def validate_config(config: dict[str, Any], source: str = "config", cache_dir: str | Path | None = None
+                    ) -> dict[str, Any]:
     """Validate a configuration and fill in defaults; return the resolved copy.
 
     Checks, in order: the JSON schema (types, ranges of METHOD.md, allowed
-    names), then what a schema cannot say: unique crystal names, n_equil <
-    n_steps, at least one snapshot per run, two_theta_min < two_theta_max, and
-    (``check_inputs``) every CIF readable, ordered and of CHGNet elements, every
-    supercell within structure.max_atoms, and the wavelength putting at least one
-    reflection of every crystal inside the 2theta range.
+    names); the crystal table (a list, or a sheet or glob read by
+    :mod:`mdxrd.crystals`, its entries validated against the same schema); what a
+    schema cannot say: unique crystal names, n_equil < n_steps, at least one
+    snapshot per run, two_theta_min < two_theta_max; and every crystal's
+    structure file: readable, ordered and of CHGNet elements, its supercell
+    (``auto`` resolved here, :func:`mdxrd.crystals.auto_supercell`) within
+    structure.max_atoms, its experimental B of elements it has, and at least one
+    reflection inside the 2theta range. The structure checks come from
+    :func:`mdxrd.crystals.checked_record`, cached under ``cache_dir``.
+
+    In the resolved copy ``crystals`` is a list whose every ``supercell`` is
+    (na, nb, nc) and every entry has ``n_atoms_cell`` and ``cif_sha256`` from its
+    checked record (the resolved copy is not meant to be validated again); with ``structure.skip_too_large`` crystals whose automatic
+    supercell exceeds max_atoms are left out (logged as warnings).
 
     Raises
     ------
     ConfigError
-        The first problem found, as ``"{source}: {field}: {what is wrong and allowed}"``.
+        The first problem found, as ``"{source}: {field}: {what is wrong and allowed}"``
+        (a sheet's problems as ``"{sheet}: line {n} ({name}), column {column}: ..."``).
     """
+    from mdxrd.crystals import CrystalTableError, read_crystal_table
+
     config = copy.deepcopy(config) if config is not None else {}
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the configuration must be a mapping, got {type(config).__name__}")
     for err in _schema_errors(config):
         raise ConfigError(f"{source}: {err}")
+    spec = config["crystals"]
+    if isinstance(spec, str):
+        try:
+            config["crystals"] = read_crystal_table(spec)
+        except CrystalTableError as err:
+            raise ConfigError(f"{source}: crystals: {err}") from None
+        for err in _schema_errors(config):
+            raise ConfigError(f"{source}: crystals ({spec}) {err.removeprefix('crystals')}")
 
-    names = [c["name"] for c in config["crystals"]]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    counts = Counter(c["name"] for c in config["crystals"])
+    dup = sorted(n for n, k in counts.items() if k > 1)
     if dup:
         raise ConfigError(f"{source}: crystals: names must be unique, {', '.join(dup)} appears more than once")
     md = config["md"]
@@ -246,41 +387,70 @@ def validate_config(config: dict[str, Any], source: str = "config", check_inputs
     if x["two_theta_min"] >= x["two_theta_max"]:
         raise ConfigError(f"{source}: xrd.two_theta_min: {x['two_theta_min']} must be below "
                           f"xrd.two_theta_max = {x['two_theta_max']}")
-    if check_inputs:
-        for i, c in enumerate(config["crystals"]):
-            _check_crystal(config, c, f"{source}: crystals[{i}] ({c['name']})")
+    split = config["dataset"]["split"]
+    if abs(sum(split.values()) - 1.0) > 1e-9:
+        raise ConfigError(f"{source}: dataset.split: the fractions {split} must add up to 1")
+    kept, skipped = [], []
+    for i, c in enumerate(config["crystals"]):
+        where = f"{source}: crystals[{i}] ({c['name']})" if not isinstance(spec, str) else \
+            f"{source}: crystals ({spec}) {c['name']}"
+        if _check_crystal(config, c, where, cache_dir):
+            kept.append(c)
+        else:
+            skipped.append(c["name"])
+    if skipped:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "structure.skip_too_large: left out %d crystal(s) whose automatic supercell exceeds "
+            "structure.max_atoms = %d: %s", len(skipped), config["structure"]["max_atoms"], ", ".join(skipped))
+        if not kept:
+            raise ConfigError(f"{source}: crystals: every crystal exceeds structure.max_atoms")
+        config["crystals"] = kept
     return config
 
 
-def _check_crystal(config: dict[str, Any], entry: dict[str, Any], where: str) -> None:
-    from mdxrd.structure import StructureError, check_supercell_size, read_structure
-    from mdxrd.xrd import diffract_structure, resolve_wavelength
+def _check_crystal(config: dict[str, Any], entry: dict[str, Any], where: str, cache_dir: str | Path | None) -> bool:
+    """Check one crystal entry (see :func:`validate_config`) and resolve its supercell in place.
 
+    Returns False for a crystal to leave out (automatic supercell too large with
+    structure.skip_too_large); raises :class:`ConfigError` for anything else wrong.
+    """
+    from mdxrd.crystals import auto_supercell, checked_record
+    from mdxrd.structure import StructureError, check_supercell_size
+
+    s = config["structure"]
     try:
-        structure = read_structure(entry["cif"])
-        check_supercell_size(len(structure), entry.get("supercell", [2, 2, 2]), config["structure"]["max_atoms"],
-                             "supercell")
+        record = checked_record(entry["cif"], config["xrd"], cache_dir)
     except StructureError as err:
-        field = "supercell" if str(err).startswith("supercell") else "cif"
-        raise ConfigError(f"{where}.{field}: {err}") from None
+        raise ConfigError(f"{where}.cif: {err}") from None
+    entry["n_atoms_cell"], entry["cif_sha256"] = record["n_atoms_cell"], record["sha256"]
+    auto = entry["supercell"] == "auto"
+    if auto:
+        entry["supercell"] = auto_supercell(record["cell_A"], s["min_width_A"])
+    try:
+        check_supercell_size(record["n_atoms_cell"], entry["supercell"], s["max_atoms"], entry["cif"])
+    except StructureError as err:
+        if auto and s["skip_too_large"]:
+            return False
+        hint = (f" for structure.min_width_A = {s['min_width_A']} A (raise max_atoms, lower min_width_A, or set "
+                "structure.skip_too_large: true)") if auto else ""
+        raise ConfigError(f"{where}.supercell: {err}{hint}") from None
     b_exp = entry.get("B_exp_A2")
     if b_exp is not None:
-        elements = sorted({el.symbol for el in structure.composition.elements})
-        extra = sorted(set(b_exp["value"]) - set(elements))
+        extra = sorted(set(b_exp["value"]) - set(record["elements"]))
         if extra:
             raise ConfigError(f"{where}.B_exp_A2.value: element(s) {', '.join(extra)} are not in {entry['cif']} "
-                              f"(allowed: {', '.join(elements)})")
-    x = config["xrd"]
-    refl = diffract_structure(structure, wavelength=resolve_wavelength(x["wavelength"]),
-                              two_theta_range=(x["two_theta_min"], x["two_theta_max"]))
-    # Systematic absences come out at ~1e-27 electrons^2; a real reflection is many orders above 1e-6.
-    if refl.intensity.max(initial=0.0) <= 1e-6:
+                              f"(allowed: {', '.join(record['elements'])})")
+    if not record["reflection_in_range"]:
+        x = config["xrd"]
         raise ConfigError(
             f"{where}: xrd.wavelength: {x['wavelength']} puts every reflection of {entry['cif']} outside "
             f"2theta {x['two_theta_min']}-{x['two_theta_max']} deg; choose a shorter wavelength or a wider range")
+    return True
 
 
-def load_config(path: str | Path, check_inputs: bool = True) -> dict[str, Any]:
+def load_config(path: str | Path, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Read a YAML configuration file and return it validated with defaults (see :func:`validate_config`)."""
     import yaml
 
@@ -291,4 +461,4 @@ def load_config(path: str | Path, check_inputs: bool = True) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return validate_config(data, str(path), check_inputs=check_inputs)
+    return validate_config(data, str(path), cache_dir=cache_dir)

@@ -1,11 +1,22 @@
-"""Dataset stage: every pattern of the grid, with labels and provenance, as one Parquet file.
+"""Dataset stage: every pattern of the grid, with labels and provenance, as a partitioned Parquet dataset.
+
+Layout (hive-style, one part per crystal, so adding crystals writes only their parts)::
+
+    results/dataset/crystal={name}/part-0.parquet   # rule dataset_part, one job per crystal
+    results/dataset/_common_metadata                # rule dataset: the shared schema and metadata
+
+``pd.read_parquet("results/dataset")``, ``pyarrow.dataset.dataset("results/dataset")``,
+polars, duckdb and Hugging Face ``datasets`` read the directory as one table (the
+``crystal`` column is stored in the parts too, dictionary-encoded like the hive key,
+so readers that ignore hive keys still see it); :func:`read_dataset` adds the 2theta
+grid and the metadata.
 
 One row per pattern: ``kind = "snapshot"`` (one MD snapshot's broadened pattern),
 ``kind = "average"`` (the run's ensemble average) or ``kind = "static"`` (the 0 K
 pattern of a crystal's relaxed cell or of its CIF cell, atoms at rest), so a grid of
 C crystals and R runs with N_s snapshots each has 2 C + R (N_s + 1) rows. Run-level
 columns are null in static rows. The 2theta grid is stored once, in the
-file's key-value metadata; every row's ``intensity`` (Bragg + thermal diffuse)
+key-value metadata; every row's ``intensity`` (Bragg + thermal diffuse)
 and ``intensity_bragg`` (parent Bragg reflections only) are float32 lists on it.
 
 Columns (units in the names or here):
@@ -13,7 +24,10 @@ Columns (units in the names or here):
 ===================== ======== ===================================================
 kind                  string   "snapshot", "average" or "static"
 static_cell           string   static rows: "relaxed" (CHGNet 0 K cell) or "cif" (the input cell); else null
-crystal, formula      string   crystal name from the config; reduced formula
+crystal               dictionary<int32, string>  crystal name from the config (also the hive key)
+split                 string   "train", "validation" or "test", per crystal (mdxrd.config.split_of)
+cif_sha256            string   SHA-256 of the crystal's structure file
+formula               string   reduced formula
 space_group           string   Hermann-Mauguin symbol of the (relaxed) unit cell
 space_group_number    int32
 ensemble              string   nvt_langevin, nvt_berendsen, npt_berendsen
@@ -45,9 +59,12 @@ window_volume_sem_A3  float64  its standard error
 energy_drift_meV_per_atom_ps  float64  slope of E_kin + E_pot over the window (0 within noise when stationary)
 tau_int_E_pot_fs      float64  integrated autocorrelation time of E_pot over the window
 n_independent_snapshots  float64  N_s / max(1, tau_int_E_pot_fs / (n_interval dt))
-B_iso_A2              map<string, float64>  Debye-Waller B = 8 pi^2 <u^2> per element from the run's snapshots
-B_iso_sem_A2          map<string, float64>  its standard error from the frame-to-frame spread (a lower bound)
-supercell             list<int32>  (na, nb, nc)
+B_iso                 list<struct<element: string, B_A2: float64, B_sem_A2: float64>>  per element: Debye-Waller
+                                 B = 8 pi^2 <u^2> from the run's snapshots (Angstrom^2) and its standard error from
+                                 the frame-to-frame spread (a lower bound); a list of structs, not a map, so that
+                                 Hugging Face datasets reads it
+supercell             list<int32>  (na, nb, nc), as given or chosen by supercell: auto
+device                string   the device the MD ran on (cpu, cuda:0, ...); null for static rows
 n_atoms               int32    atoms in the simulation cell
 intensity             list<float32>  pattern on the 2theta grid, per degree, per parent cell: Bragg
                                      reflections (instrument Gaussian) plus thermal diffuse scattering
@@ -55,10 +72,11 @@ intensity             list<float32>  pattern on the 2theta grid, per degree, per
 intensity_bragg       list<float32>  same, Bragg reflections of the parent's primitive lattice only
 ===================== ======== ===================================================
 
-Metadata keys: ``mdxrd.config`` (resolved config, YAML), ``mdxrd.config_sha256``,
-``mdxrd.versions`` (JSON: mdxrd, chgnet, chgnet_model, ase, pymatgen, torch, numpy,
-pyarrow, python), ``mdxrd.two_theta_deg`` (JSON list), ``mdxrd.wavelength_A``,
-``mdxrd.normalization``, ``mdxrd.devices`` (JSON list of the devices the MD ran on).
+Metadata keys of ``_common_metadata``: ``mdxrd.config`` (resolved config, YAML),
+``mdxrd.config_sha256``, ``mdxrd.versions`` (JSON: mdxrd, chgnet, chgnet_model, ase,
+pymatgen, torch, numpy, pyarrow, python), ``mdxrd.two_theta_deg`` (JSON list),
+``mdxrd.wavelength_A``, ``mdxrd.normalization``. Each part carries ``mdxrd.versions``,
+``mdxrd.two_theta_deg`` and ``mdxrd.wavelength_A`` of its own.
 """
 
 from __future__ import annotations
@@ -89,7 +107,8 @@ def schema() -> Any:
     import pyarrow as pa
 
     return pa.schema([
-        ("kind", pa.string()), ("crystal", pa.string()), ("formula", pa.string()), ("space_group", pa.string()),
+        ("kind", pa.string()), ("crystal", pa.dictionary(pa.int32(), pa.string())), ("split", pa.string()),
+        ("cif_sha256", pa.string()), ("formula", pa.string()), ("space_group", pa.string()),
         ("space_group_number", pa.int32()), ("ensemble", pa.string()), ("temperature_K", pa.float64()),
         ("pressure_GPa", pa.float64()), ("replica", pa.int32()), ("seed", pa.int64()), ("snapshot", pa.int32()),
         ("step", pa.int64()), ("time_fs", pa.float64()), ("n_snapshots", pa.int32()), ("T_K", pa.float64()),
@@ -101,10 +120,10 @@ def schema() -> Any:
         ("window_volume_drift", pa.float64()), ("window_P_sem_GPa", pa.float64()),
         ("window_volume_A3", pa.float64()), ("window_volume_sem_A3", pa.float64()),
         ("energy_drift_meV_per_atom_ps", pa.float64()), ("tau_int_E_pot_fs", pa.float64()),
-        ("n_independent_snapshots", pa.float64()), ("B_iso_A2", pa.map_(pa.string(), pa.float64())),
-        ("B_iso_sem_A2", pa.map_(pa.string(), pa.float64())),
+        ("n_independent_snapshots", pa.float64()),
+        ("B_iso", pa.list_(pa.struct([("element", pa.string()), ("B_A2", pa.float64()), ("B_sem_A2", pa.float64())]))),
         ("static_cell", pa.string()),
-        ("supercell", pa.list_(pa.int32())), ("n_atoms", pa.int32()),
+        ("supercell", pa.list_(pa.int32())), ("n_atoms", pa.int32()), ("device", pa.string()),
         ("intensity", pa.list_(pa.float32())), ("intensity_bragg", pa.list_(pa.float32())),
     ])
 
@@ -150,151 +169,241 @@ RUN_FIGURES = ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa", "
                "tau_int_E_pot_fs", "n_independent_snapshots")
 
 
-def _static_rows(config: dict[str, Any], results: str | Path, grid: np.ndarray) -> list[dict[str, Any]]:
-    """Two ``static`` rows per crystal: the 0 K patterns of the relaxed cell and of the CIF cell."""
+def _static_rows(section: dict[str, Any], results: str | Path, grid: np.ndarray) -> list[dict[str, Any]]:
+    """Two ``static`` rows of a crystal: the 0 K patterns of the relaxed cell and of the CIF cell."""
     from pymatgen.core import Structure
 
-    from mdxrd.config import LAYOUT, crystal
+    from mdxrd.config import LAYOUT
     from mdxrd.structure import read_structure
 
+    name = section["crystal"]["name"]
+    info = read_json(Path(results) / LAYOUT["structure_info"].format(crystal=name))
+    static = np.load(Path(results) / LAYOUT["static"].format(crystal=name))
+    if not np.array_equal(static["two_theta"], grid):
+        raise ValueError(f"{LAYOUT['static'].format(crystal=name)}: 2theta grid differs from the runs'")
+    cells = {"relaxed": Structure.from_file(str(Path(results) / LAYOUT["relaxed_cif"].format(crystal=name))),
+             "cif": read_structure(section["crystal"]["cif"])}
     rows = []
-    for entry in config["crystals"]:
-        name = entry["name"]
-        info = read_json(Path(results) / LAYOUT["structure_info"].format(crystal=name))
-        static = np.load(Path(results) / LAYOUT["static"].format(crystal=name))
-        if not np.array_equal(static["two_theta"], grid):
-            raise ValueError(f"{LAYOUT['static'].format(crystal=name)}: 2theta grid differs from the runs'")
-        cells = {"relaxed": Structure.from_file(str(Path(results) / LAYOUT["relaxed_cif"].format(crystal=name))),
-                 "cif": read_structure(crystal(config, name)["cif"])}
-        for cell, structure in cells.items():
-            lat = structure.lattice
-            rows.append({
-                "kind": "static", "crystal": name, "formula": info["formula"], "space_group": info["space_group"],
-                "space_group_number": info["space_group_number"], "static_cell": cell,
-                "temperature_K": 0.0 if cell == "relaxed" else None,
-                "a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta, "gamma": lat.gamma,
-                "volume_A3": lat.volume,
-                "energy_per_atom_eV": info["E0_eV_per_atom"] if cell == "relaxed" else None,
-                "intensity": static[f"intensity_{cell}"].astype(np.float32),
-                "intensity_bragg": static[f"intensity_{cell}"].astype(np.float32),
-            })
+    for cell, structure in cells.items():
+        lat = structure.lattice
+        rows.append({
+            "kind": "static", "formula": info["formula"], "space_group": info["space_group"],
+            "space_group_number": info["space_group_number"], "static_cell": cell,
+            "temperature_K": 0.0 if cell == "relaxed" else None,
+            "a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta, "gamma": lat.gamma,
+            "volume_A3": lat.volume,
+            "energy_per_atom_eV": info["E0_eV_per_atom"] if cell == "relaxed" else None,
+            "supercell": list(info["supercell"]),
+            "intensity": static[f"intensity_{cell}"].astype(np.float32),
+            "intensity_bragg": static[f"intensity_{cell}"].astype(np.float32),
+        })
     return rows
 
 
-def build_rows(config: dict[str, Any], results: str | Path) -> tuple[list[dict[str, Any]], np.ndarray, list[str]]:
-    """Collect every row of the grid from the stage outputs under ``results``.
-
-    Returns (rows, two_theta grid (n_grid,) float64, devices used).
-    """
+def _run_rows(key: dict[str, Any], results: str | Path, grid: np.ndarray | None) -> tuple[list[dict[str, Any]],
+                                                                                          np.ndarray]:
+    """The ``snapshot`` rows and the ``average`` row of one run (``key``: a run of the dataset section)."""
     from ase.io import read
 
-    from mdxrd.config import runs
-
-    rows: list[dict[str, Any]] = []
-    grid: np.ndarray | None = None
-    devices: set[str] = set()
-    drop_melted = config.get("dataset", {}).get("drop_melted", False)
-    for key in runs(config):
-        info = read_json(key.path("structure_info", results))
-        run = read_json(key.path("run_info", results))
-        summary = read_json(key.path("snapshots_summary", results))
-        if drop_melted and summary["melted"]:
-            log.warning("dropping %s: melted (Lindemann ratio %.3f)", key.path("snapshots", results).parent,
-                        summary["lindemann_ratio"])
-            continue
-        devices.add(run["device"])
-        frames = read(str(key.path("snapshots", results)), index=":")
-        patterns = np.load(key.path("patterns", results))
-        average = np.load(key.path("average", results))
-        if grid is None:
-            grid = patterns["two_theta"]
-        if not (np.array_equal(grid, patterns["two_theta"]) and np.array_equal(grid, average["two_theta"])):
-            raise ValueError(f"{key.path('patterns', results)}: 2theta grid differs from the other runs")
-        supercell = list(info["supercell"])
-        common = {
-            "crystal": key.crystal, "formula": info["formula"], "space_group": info["space_group"],
-            "space_group_number": info["space_group_number"], "ensemble": key.ensemble,
-            "temperature_K": key.temperature_K,
-            "pressure_GPa": run["params"]["pressure_GPa"] if key.ensemble.startswith("npt") else None,
-            "replica": key.replica, "seed": run["params"]["seed"], "n_snapshots": len(frames),
-            "tau_corr_fs": summary["tau_corr_fs"], "interval_too_short": summary["interval_too_short"],
-            "lindemann_ratio": summary["lindemann_ratio"], "melted": summary["melted"],
-            **{k: summary[k] for k in RUN_FIGURES},
-            "B_iso_A2": list(summary["B_iso_A2"].items()),
-            "B_iso_sem_A2": list(summary["B_iso_sem_A2"].items()),
-            "supercell": supercell, "n_atoms": run["n_atoms"],
-        }
-        labels = [_snapshot_labels(f, supercell) for f in frames]
-        for i, (frame, lab) in enumerate(zip(frames, labels, strict=True)):
-            rows.append({"kind": "snapshot", **common, "snapshot": i, "step": int(frame.info["step"]),
-                         "time_fs": float(frame.info["time_fs"]), **lab,
-                         "intensity": patterns["intensity"][i].astype(np.float32),
-                         "intensity_bragg": patterns["intensity_bragg"][i].astype(np.float32)})
-        mean = {k: float(np.mean([lab[k] for lab in labels])) for k in labels[0]}
-        rows.append({"kind": "average", **common, "snapshot": None, "step": None, "time_fs": None, **mean,
-                     "intensity": average["intensity"].astype(np.float32),
-                     "intensity_bragg": average["intensity_bragg"].astype(np.float32)})
+    run = read_json(key["run_info"])
+    summary = read_json(key["snapshots_summary"])
+    frames = read(str(key["snapshots"]), index=":")
+    patterns = np.load(key["patterns"])
+    average = np.load(key["average"])
     if grid is None:
-        raise ValueError("no run left for the dataset (all dropped as melted?)")
-    rows = _static_rows(config, results, grid) + rows
-    return rows, grid, sorted(devices)
+        grid = patterns["two_theta"]
+    if not (np.array_equal(grid, patterns["two_theta"]) and np.array_equal(grid, average["two_theta"])):
+        raise ValueError(f"{key['patterns']}: 2theta grid differs from the crystal's other patterns")
+    supercell = list(key["supercell"])
+    common = {
+        "ensemble": key["ensemble"], "temperature_K": float(key["temperature_K"]),
+        "pressure_GPa": run["params"]["pressure_GPa"] if key["ensemble"].startswith("npt") else None,
+        "replica": key["replica"], "seed": run["params"]["seed"], "n_snapshots": len(frames),
+        "tau_corr_fs": summary["tau_corr_fs"], "interval_too_short": summary["interval_too_short"],
+        "lindemann_ratio": summary["lindemann_ratio"], "melted": summary["melted"],
+        **{k: summary[k] for k in RUN_FIGURES},
+        "B_iso": [{"element": el, "B_A2": b, "B_sem_A2": summary["B_iso_sem_A2"][el]}
+                  for el, b in summary["B_iso_A2"].items()],
+        "supercell": supercell, "n_atoms": run["n_atoms"], "device": run["device"],
+    }
+    labels = [_snapshot_labels(f, supercell) for f in frames]
+    rows = [{"kind": "snapshot", **common, "snapshot": i, "step": int(frame.info["step"]),
+             "time_fs": float(frame.info["time_fs"]), **lab,
+             "intensity": patterns["intensity"][i].astype(np.float32),
+             "intensity_bragg": patterns["intensity_bragg"][i].astype(np.float32)}
+            for i, (frame, lab) in enumerate(zip(frames, labels, strict=True))]
+    mean = {k: float(np.mean([lab[k] for lab in labels])) for k in labels[0]}
+    rows.append({"kind": "average", **common, "snapshot": None, "step": None, "time_fs": None, **mean,
+                 "intensity": average["intensity"].astype(np.float32),
+                 "intensity_bragg": average["intensity_bragg"].astype(np.float32)})
+    return rows, grid
 
 
-def write_dataset(config: dict[str, Any], results: str | Path, out: str | Path) -> int:
-    """Write the dataset Parquet file ``out`` (atomically) from the stage outputs; return its row count."""
+def write_part(section: dict[str, Any], results: str | Path, out: str | Path) -> int:
+    """Write one crystal's part of the dataset (atomically); return its row count.
+
+    Parameters
+    ----------
+    section
+        The crystal's ``dataset`` parameters (:func:`mdxrd.config.crystal_params`): ``crystal``
+        (its config entry), ``split``, ``drop_melted`` and ``runs`` (ensemble, temperature_K,
+        replica, supercell and the paths of each run's outputs).
+    results
+        Results root of the per-crystal outputs (structure, reference).
+    out
+        The part's Parquet file.
+
+    The part is written one row group per run, so memory holds one run's patterns at a
+    time, whatever the size of the grid.
+
+    Raises
+    ------
+    ValueError
+        A 2theta grid that differs between the crystal's patterns, or no run left
+        (every run dropped as melted).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from mdxrd.config import LAYOUT
+
+    entry = section["crystal"]
+    name = entry["name"]
+    info = read_json(Path(results) / LAYOUT["structure_info"].format(crystal=name))
+    crystal_cols = {"crystal": name, "split": section["split"], "cif_sha256": entry["cif_sha256"],
+                    "formula": info["formula"], "space_group": info["space_group"],
+                    "space_group_number": info["space_group_number"]}
+    sch = schema()
+    kept = []
+    for key in section["runs"]:
+        summary = read_json(key["snapshots_summary"])
+        if section["drop_melted"] and summary["melted"]:
+            log.warning("dropping %s: melted (Lindemann ratio %.3f)", Path(key["snapshots"]).parent,
+                        summary["lindemann_ratio"])
+            continue
+        kept.append(key)
+    if not kept:
+        raise ValueError(f"crystal {name}: no run left for the dataset (all dropped as melted)")
+    grid = np.load(kept[0]["patterns"])["two_theta"]
+    meta = {"mdxrd.versions": json.dumps(versions(), sort_keys=True), "mdxrd.two_theta_deg": json.dumps(grid.tolist())}
+    n_rows = 0
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(str(tmp), sch.with_metadata(meta), compression="zstd") as writer:
+            for rows in (_static_rows(section, results, grid), *(_run_rows(k, results, grid)[0] for k in kept)):
+                writer.write_table(pa.Table.from_pylist([{**crystal_cols, **r} for r in rows], schema=sch))
+                n_rows += len(rows)
+    return n_rows
+
+
+def common_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """The dataset's shared key-value metadata (see the module docstring) of a resolved config."""
     import yaml
 
     from mdxrd.config import config_hash
-    from mdxrd.xrd import resolve_wavelength
+    from mdxrd.xrd import resolve_wavelength, two_theta_grid
 
-    rows, grid, devices = build_rows(config, results)
-    sch = schema()
-    table = pa.Table.from_pylist(rows, schema=sch)
-    meta = {
+    x = config["xrd"]
+    grid = two_theta_grid(x["two_theta_min"], x["two_theta_max"], x["two_theta_step"])
+    return {
         "mdxrd.config": yaml.safe_dump(config, sort_keys=True),
         "mdxrd.config_sha256": config_hash(config),
         "mdxrd.versions": json.dumps(versions(), sort_keys=True),
         "mdxrd.two_theta_deg": json.dumps(grid.tolist()),
-        "mdxrd.wavelength_A": repr(resolve_wavelength(config["xrd"]["wavelength"])),
+        "mdxrd.wavelength_A": repr(resolve_wavelength(x["wavelength"])),
         "mdxrd.normalization": NORMALIZATION,
-        "mdxrd.devices": json.dumps(devices),
     }
-    table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in meta.items()})
+
+
+def write_common_metadata(config: dict[str, Any], dataset_dir: str | Path, out: str | Path) -> int:
+    """Check every crystal's part against the shared schema and grid; write ``_common_metadata``.
+
+    Reads only each part's footer (schema and key-value metadata), so its memory and
+    time grow with the number of parts, not with the patterns in them. Returns the
+    number of rows over all parts.
+
+    Raises
+    ------
+    ValueError
+        A part missing, with another schema, or on another 2theta grid.
+    """
+    import pyarrow.parquet as pq
+
+    from mdxrd.config import LAYOUT
+
+    sch = schema()
+    meta = common_metadata(config)
+    n_rows = 0
+    for entry in config["crystals"]:
+        path = Path(dataset_dir) / Path(LAYOUT["dataset_part"].format(crystal=entry["name"])).relative_to("dataset")
+        md = pq.read_metadata(path)
+        part_schema = md.schema.to_arrow_schema()
+        if not part_schema.remove_metadata().equals(sch):
+            raise ValueError(f"{path}: schema differs from the dataset's")
+        if part_schema.metadata[b"mdxrd.two_theta_deg"].decode() != meta["mdxrd.two_theta_deg"]:
+            raise ValueError(f"{path}: 2theta grid differs from the configuration's (xrd.two_theta_*)")
+        n_rows += md.num_rows
     with atomic_path(out) as tmp:
-        pq.write_table(table, str(tmp), compression="zstd")
-    return table.num_rows
+        pq.write_metadata(sch.with_metadata(meta), str(tmp))
+    return n_rows
+
+
+def write_dataset(config: dict[str, Any], results: str | Path, dataset_dir: str | Path) -> int:
+    """Write the whole dataset (every crystal's part, then ``_common_metadata``) in this process.
+
+    What the workflow's dataset_part and dataset jobs do, for use without Snakemake
+    (e.g. a second dataset with other ``dataset`` options from the same results).
+    Returns the total row count.
+    """
+    from mdxrd.config import LAYOUT, crystal_params
+
+    dataset_dir = Path(dataset_dir)
+    for entry in config["crystals"]:
+        section = crystal_params(config, entry["name"], results)["dataset"]
+        write_part(section, results, dataset_dir / Path(LAYOUT["dataset_part"].format(crystal=entry["name"])
+                                                        ).relative_to("dataset"))
+    return write_common_metadata(config, dataset_dir, dataset_dir / "_common_metadata")
+
+
+def _dataset_dir(path: str | Path) -> Path:
+    path = Path(path)
+    return path.parent if path.name == "_common_metadata" else path
 
 
 def content_hash(path: str | Path) -> str:
     """SHA-256 of a dataset's table content: every column's values, not the file bytes or metadata.
 
-    Two datasets with equal hashes hold bit-identical rows (used to check regeneration).
+    ``path`` is the dataset directory (or its ``_common_metadata``). Two datasets with
+    equal hashes hold bit-identical rows in the same order (used to check regeneration).
     """
     import hashlib
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path).replace_schema_metadata(None)
+    table = pq.read_table(_dataset_dir(path)).replace_schema_metadata(None)
+    table = table.set_column(table.schema.get_field_index("crystal"), "crystal",
+                             table["crystal"].cast(pa.string()))
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table.combine_chunks())
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
-def read_dataset(path: str | Path) -> tuple[Any, np.ndarray, dict[str, Any]]:
+def read_dataset(path: str | Path, **read_options: Any) -> tuple[Any, np.ndarray, dict[str, Any]]:
     """Read a dataset: (pandas DataFrame, two_theta grid (n_grid,) float64 deg, metadata dict).
 
+    ``path`` is the dataset directory (or its ``_common_metadata``); ``read_options`` are
+    passed to :func:`pyarrow.parquet.read_table` (e.g. ``filters=[("split", "=", "train")]``).
     The metadata dict holds ``config`` (parsed YAML), ``versions`` (dict) and the
-    other ``mdxrd.*`` keys as strings.
+    other ``mdxrd.*`` keys of ``_common_metadata`` as strings.
     """
     import pyarrow.parquet as pq
     import yaml
 
-    table = pq.read_table(path)
-    raw = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"mdxrd.")}
+    root = _dataset_dir(path)
+    table = pq.read_table(root, **read_options)
+    raw = {k.decode(): v.decode() for k, v in (pq.read_schema(root / "_common_metadata").metadata or {}).items()
+           if k.startswith(b"mdxrd.")}
     meta: dict[str, Any] = {k.removeprefix("mdxrd."): v for k, v in raw.items()}
     meta["config"] = yaml.safe_load(meta["config"])
     meta["versions"] = json.loads(meta["versions"])
@@ -303,15 +412,31 @@ def read_dataset(path: str | Path) -> tuple[Any, np.ndarray, dict[str, Any]]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mdxrd dataset`` (the workflow's dataset stage)."""
-    p = subparsers.add_parser("dataset", help="dataset stage: all patterns with labels and provenance as Parquet")
-    p.add_argument("--config-json", required=True, help="the resolved configuration as JSON")
+    """Register ``mdxrd dataset-part`` and ``mdxrd dataset`` (the workflow's dataset stage)."""
+    p = subparsers.add_parser("dataset-part", help="dataset stage: one crystal's patterns with labels as Parquet")
+    p.add_argument("--params", required=True,
+                   help="the crystal's dataset section: JSON, or FILE#dataset (mdxrd.config.crystal_params)")
     p.add_argument("--results", default="results", help="results root of the stage outputs")
-    p.add_argument("-o", "--output", required=True, help="output Parquet file")
+    p.add_argument("-o", "--output", required=True, help="output Parquet file (the part)")
+    p.set_defaults(func=_main_part)
+    p = subparsers.add_parser("dataset", help="dataset stage: check the parts, write the shared _common_metadata")
+    p.add_argument("--config", required=True, help="the resolved configuration (JSON file, results/params/config.json)")
+    p.add_argument("--dataset-dir", required=True, help="directory of the parts (results/dataset)")
+    p.add_argument("-o", "--output", required=True, help="output _common_metadata file")
     p.set_defaults(func=_main)
 
 
-def _main(args: argparse.Namespace) -> int:
-    n = write_dataset(json.loads(args.config_json), args.results, args.output)
+def _main_part(args: argparse.Namespace) -> int:
+    from mdxrd.io import load_params
+
+    n = write_part(load_params(args.params), args.results, args.output)
     log.info("wrote %d rows to %s", n, args.output)
+    return 0
+
+
+def _main(args: argparse.Namespace) -> int:
+    from mdxrd.io import load_params
+
+    n = write_common_metadata(load_params(args.config), args.dataset_dir, args.output)
+    log.info("dataset %s: %d rows in its parts; wrote %s", args.dataset_dir, n, args.output)
     return 0

@@ -40,3 +40,37 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read JSON from ``path``."""
     return json.loads(Path(path).read_text())
+
+
+def load_params(spec: str) -> Any:
+    """Parameters given on a command line: JSON text, or a JSON file with an optional section.
+
+    ``spec`` is either JSON text (starting with ``{`` or ``[``) or ``PATH`` or
+    ``PATH#key/key/...``: the JSON file at PATH, descended into by the keys after
+    ``#``. The workflow passes ``results/params/crystals/{crystal}.json#md/...``, so no
+    per-crystal data travels on a command line (Linux refuses single arguments over
+    128 KiB).
+
+    Raises
+    ------
+    ValueError
+        Not JSON, file missing, or a key not in the file; the message names the spec.
+    """
+    text = spec.lstrip()
+    if text.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not JSON: {err}") from None
+    path, _, pointer = spec.partition("#")
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: parameter file not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON: {err}") from None
+    for key in filter(None, pointer.split("/")):
+        if not isinstance(data, dict) or key not in data:
+            raise ValueError(f"{spec}: no section {key!r} in {path}")
+        data = data[key]
+    return data

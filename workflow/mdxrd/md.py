@@ -67,7 +67,6 @@ import argparse
 import csv
 import enum
 import hashlib
-import json
 import logging
 import math
 import pickle
@@ -78,7 +77,7 @@ from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, write_json
+from mdxrd.io import atomic_path, load_params, write_json
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +155,8 @@ class MDParams:
     equil_taup_fs : barostat coupling time of the pre-equilibration's first 70 %, fs.
     npt_cell : "auto" (isotropic for cubic crystals, per cell vector otherwise), "isotropic"
         or "anisotropic".
+    progress_interval : a progress line (step, T, P, V, steps/s, ETA) goes to the log every this
+        many steps, so ``tail -f`` on a job's log shows where a long run is.
     """
 
     ensemble: Ensemble
@@ -182,6 +183,7 @@ class MDParams:
     npt_pre_steps: int = 150
     equil_taup_fs: float = 20.0
     npt_cell: str = "auto"
+    progress_interval: int = 50
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ensemble", Ensemble(self.ensemble))
@@ -433,12 +435,26 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
             frames.append(frame)
         if params.checkpoint_interval and 0 < step < params.n_steps and step % params.checkpoint_interval == 0:
             write_checkpoint(step)
+        if step > start and (step % params.progress_interval == 0 or step == params.n_steps):
+            log_progress(step)
+
+    def log_progress(step: int) -> None:
+        """One log line: where the run is, its instantaneous T, P, V and speed, and the time left."""
+        elapsed = time.perf_counter() - t0
+        rate = (step - start) / elapsed if elapsed > 0 else math.inf
+        stress = atoms.get_stress(include_ideal_gas=True)
+        log.info("step %d/%d  T %.1f K  P %.3f GPa  V %.2f A^3  %.2f steps/s  ETA %.0f s", step, params.n_steps,
+                 kinetic_temperature(float(atoms.get_kinetic_energy()), n), float(-stress[:3].mean() / units.GPa),
+                 float(atoms.get_volume()), rate, (params.n_steps - step) / rate if rate > 0 else math.inf)
 
     if npt and dyn.nsteps == 0:
+        log.info("NPT pre-equilibration: %d steps, model bulk modulus %.1f GPa", params.npt_pre_steps, bulk)
         pre_equilibrate()
     dyn.attach(observe, interval=1)
     t0 = time.perf_counter()
     start = dyn.nsteps
+    log.info("%s %g K, %d atoms: steps %d to %d", params.ensemble.value, params.temperature_K, n, start,
+             params.n_steps)
     try:
         dyn.run(params.n_steps - start)
     except MDError:
@@ -497,7 +513,7 @@ def _main(args: argparse.Namespace) -> int:
     from mdxrd.cli import UserError
 
     try:
-        params = MDParams(**json.loads(args.params))
+        params = MDParams(**load_params(args.params))
     except (TypeError, ValueError) as err:
         raise UserError(f"--params: {err}") from None
     run_md(read(args.supercell), params, args.out_dir)

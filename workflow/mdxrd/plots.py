@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, read_json
+from mdxrd.io import atomic_path, load_params, read_json
 
 #: Line colour per temperature rank and marker per ensemble.
 ENSEMBLE_STYLE = {"nvt_langevin": ("o", "NVT-Langevin"), "nvt_berendsen": ("s", "NVT-Berendsen"),
@@ -278,6 +277,6 @@ OUTPUTS = ("patterns", "zoom", "thermal", "traces", "qc_html")
 
 
 def _main(args: argparse.Namespace) -> int:
-    run_stage(args.name, args.static, args.qc, args.table, json.loads(args.runs), json.loads(args.md),
+    run_stage(args.name, args.static, args.qc, args.table, load_params(args.runs), load_params(args.md),
               {out: getattr(args, f"{out}_out") for out in OUTPUTS})
     return 0

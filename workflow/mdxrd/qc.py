@@ -31,14 +31,13 @@ and every experimental comparison within its tolerance.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, read_json, write_json
+from mdxrd.io import atomic_path, load_params, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +283,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    run_stage(args.reference, json.loads(args.runs), json.loads(args.crystal), json.loads(args.tolerances),
+    run_stage(args.reference, load_params(args.runs), load_params(args.crystal), load_params(args.tolerances),
               args.qc_out, args.table_out)
     return 0

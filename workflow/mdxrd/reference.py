@@ -25,7 +25,6 @@ patterns' parent cell).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, read_json, write_json
+from mdxrd.io import atomic_path, load_params, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +259,7 @@ def _main(args: argparse.Namespace) -> int:
 
     try:
         run_stage(args.cif, args.relaxed_cif, args.structure_info, args.reference_out, args.static_out,
-                  params=ReferenceParams(**json.loads(args.params)), xrd=json.loads(args.xrd))
+                  params=ReferenceParams(**load_params(args.params)), xrd=load_params(args.xrd))
     except ValueError as err:
         raise UserError(str(err)) from None
     return 0

@@ -52,7 +52,6 @@ total energy over the window is the energy drift (meV/atom/ps).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from pathlib import Path
@@ -60,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, read_json, write_json
+from mdxrd.io import atomic_path, load_params, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -516,5 +515,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     run_stage(args.trajectory, args.velocities, args.thermo, args.snapshots_out, args.summary_out,
-              run_info=args.run_info, **json.loads(args.params))
+              run_info=args.run_info, **load_params(args.params))
     return 0

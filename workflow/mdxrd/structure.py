@@ -18,7 +18,6 @@ a JSON record with formula, space group, a0 (a, b, c, alpha, beta, gamma), E0.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, write_json
+from mdxrd.io import atomic_path, load_params, write_json
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +229,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _main(args: argparse.Namespace) -> int:
     from mdxrd.cli import UserError
 
-    raw = json.loads(args.params)
+    raw = load_params(args.params)
     if "supercell" in raw:
         raw["supercell"] = tuple(raw["supercell"])
     try:

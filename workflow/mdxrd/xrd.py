@@ -102,7 +102,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import math
 import os
@@ -1407,10 +1406,12 @@ def _cmd_xrd(args: argparse.Namespace) -> int:
 def _cmd_xrd_stage(args: argparse.Namespace) -> int:
     from mdxrd.cli import UserError
 
+    from mdxrd.io import load_params
+
     try:
-        params = json.loads(args.params)
-    except json.JSONDecodeError as err:
-        raise UserError(f"--params is not JSON: {err}") from None
+        params = load_params(args.params)
+    except ValueError as err:
+        raise UserError(f"--params: {err}") from None
     required = ("wavelength", "two_theta_range", "two_theta_step", "sigma_deg", "supercell")
     if not isinstance(params, dict) or any(key not in params for key in required):
         raise UserError(f"--params must be a JSON object with keys {', '.join(required)}")

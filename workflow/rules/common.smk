@@ -1,6 +1,5 @@
 # Configuration check, input functions and shared names. The physics is in the mdxrd
 # package (workflow/mdxrd); this file only connects it to Snakemake.
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,18 +16,27 @@ from mdxrd import config as mdconf  # noqa: E402
 # without --sdm conda that python is this interpreter, with it the rule env's python.
 mdconf.prepare_job_environment(_PKG_ROOT, sys.executable)
 
+RESULTS = "results"
 _CONFIG_SOURCE = ", ".join(map(str, workflow.overwrite_configfiles or [])) or "config/config.yaml"
-try:
-    # JSON-schema validation (snakemake.utils.validate, defaults filled in) and the checks
-    # a schema cannot express (grid consistency, every CIF readable, ordered, CHGNet elements).
-    _resolved = mdconf.validate_config(dict(config), _CONFIG_SOURCE)
-except (mdconf.ConfigError, ValueError) as err:
-    raise WorkflowError(f"invalid configuration: {err}") from None
+if workflow.is_main_process:
+    try:
+        # JSON-schema validation (snakemake.utils.validate, defaults filled in), the crystal table (list,
+        # sheet or glob; supercell auto) and the checks a schema cannot express (grid consistency, every
+        # structure file readable, ordered, CHGNet elements), each file's checks cached by its SHA-256.
+        _resolved = mdconf.validate_config(dict(config), _CONFIG_SOURCE, cache_dir=f"{RESULTS}/checked")
+    except (mdconf.ConfigError, ValueError) as err:
+        raise WorkflowError(f"invalid configuration: {err}") from None
+    # Parameter files: jobs read their parameters from results/params, never from a command line.
+    mdconf.write_params(_resolved, RESULTS)
+else:
+    # A job on a cluster node: the main process validated the configuration and wrote it resolved.
+    _resolved = mdconf.read_resolved(RESULTS)
 config.clear()
 config.update(_resolved)
 
 RUNS = mdconf.runs(config)
-DATASET = f"results/{mdconf.LAYOUT['dataset']}"
+CRYSTALS = [c["name"] for c in config["crystals"]]
+DATASET = f"{RESULTS}/{mdconf.LAYOUT['dataset']}"
 
 wildcard_constraints:
     crystal=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
@@ -39,7 +47,7 @@ wildcard_constraints:
 
 def out(kind):
     """Output path template of `kind` (a key of mdxrd.config.LAYOUT) under results/."""
-    return f"results/{mdconf.LAYOUT[kind]}"
+    return f"{RESULTS}/{mdconf.LAYOUT[kind]}"
 
 
 def run_key(wildcards):
@@ -51,52 +59,39 @@ def run_key(wildcards):
     )
 
 
+def params_file(*section, per_run=False):
+    """A job's --params: its crystal's parameter file and section (``per_run``: the run's entry in it)."""
+
+    def ref(wildcards):
+        run = [mdconf.run_id(run_key(wildcards))] if per_run else []
+        return mdconf.params_ref(wildcards.crystal, *section, *run, results=RESULTS)
+
+    return ref
+
+
 def crystal_cif(wildcards):
     return mdconf.crystal(config, wildcards.crystal)["cif"]
 
 
 def crystal_atoms(wildcards):
-    """Atoms of the crystal's supercell, for resource estimates (read at DAG time)."""
-    return _atoms_per_cell(wildcards.crystal) * _cells(wildcards.crystal)
-
-
-def _cells(name):
-    sc = mdconf.crystal(config, name).get("supercell", [2, 2, 2])
-    return sc[0] * sc[1] * sc[2]
-
-
-_ATOMS_PER_CELL = {}
-
-
-def _atoms_per_cell(name):
-    if name not in _ATOMS_PER_CELL:
-        from mdxrd.structure import read_structure
-
-        _ATOMS_PER_CELL[name] = len(read_structure(mdconf.crystal(config, name)["cif"]))
-    return _ATOMS_PER_CELL[name]
-
-
-def as_json(obj):
-    return json.dumps(obj, sort_keys=True)
-
-
-QC_KINDS = ("snapshots_summary", "snapshots")
-PLOT_KINDS = ("average", "thermo", "snapshots_summary", "run_info")
+    """Atoms of the crystal's supercell, for resource estimates (from the checked record, no CIF read)."""
+    entry = mdconf.crystal(config, wildcards.crystal)
+    sc = entry["supercell"]
+    return entry["n_atoms_cell"] * sc[0] * sc[1] * sc[2]
 
 
 def crystal_run_files(crystal, kinds):
     """The outputs ``kinds`` of every run of ``crystal``."""
-    return [run[kind] for run in mdconf.crystal_runs(config, crystal, kinds) for kind in kinds]
+    return [str(key.path(kind, RESULTS)) for key in mdconf.runs(config, crystal) for kind in kinds]
 
 
-def dataset_inputs(wildcards):
-    """Every per-run and per-crystal output the dataset stage reads."""
-    kinds = ("structure_info", "run_info", "snapshots", "snapshots_summary", "patterns", "average")
-    per_crystal = [out("static").format(crystal=c["name"]) for c in config["crystals"]]
-    return per_crystal + [str(key.path(kind)) for key in RUNS for kind in kinds]
+def dataset_part_inputs(wildcards):
+    """Every output of one crystal that its dataset part reads."""
+    per_crystal = [out(k).format(crystal=wildcards.crystal) for k in ("structure_info", "relaxed_cif", "static")]
+    return per_crystal + [crystal_cif(wildcards)] + crystal_run_files(wildcards.crystal, mdconf.DATASET_KINDS)
 
 
 def report_inputs(wildcards):
     """The report figures and QC table of every crystal."""
     kinds = ("plot_patterns", "plot_zoom", "plot_thermal", "plot_traces", "qc_html")
-    return [out(kind).format(crystal=c["name"]) for c in config["crystals"] for kind in kinds]
+    return [out(kind).format(crystal=c) for c in CRYSTALS for kind in kinds]

@@ -11,7 +11,8 @@ rule md:
     benchmark:
         "results/benchmarks/md/{crystal}/{ensemble}/{temperature}K/r{replica}.tsv"
     params:
-        json=lambda wc: as_json(mdconf.md_params(config, run_key(wc))),
+        file=params_file("md", per_run=True),
+        values=lambda wc: mdconf.md_params(config, run_key(wc)),
         out_dir=lambda wc, output: str(Path(output.thermo).parent),
     threads: config["md"]["threads"]
     # gpu: profiles/default. Memory: CHGNet's graph (bonds, angles) grows about as atoms^2, ~0.1 GB
@@ -27,5 +28,5 @@ rule md:
     conda:
         "../../envs/chgnet.yaml"
     shell:
-        "python -m mdxrd md {input.supercell:q} --out-dir {params.out_dir:q} --params {params.json:q}"
+        "python -m mdxrd md {input.supercell:q} --out-dir {params.out_dir:q} --params {params.file:q}"
         " > {log:q} 2>&1"

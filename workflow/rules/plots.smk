@@ -3,7 +3,7 @@ rule plots:
         static=out("static"),
         qc=out("qc"),
         table=out("qc_table"),
-        runs=lambda wc: crystal_run_files(wc.crystal, PLOT_KINDS),
+        runs=lambda wc: crystal_run_files(wc.crystal, mdconf.PLOT_KINDS),
     output:
         patterns=report(out("plot_patterns"), caption="../report/patterns.rst", category="{crystal}",
                         labels={"figure": "1 averaged patterns"}),
@@ -18,8 +18,9 @@ rule plots:
     log:
         "logs/plots/{crystal}.log",
     params:
-        runs=lambda wc: as_json(mdconf.crystal_runs(config, wc.crystal, PLOT_KINDS)),
-        md=as_json({k: config["md"][k] for k in ("n_equil", "timestep_fs")}),
+        runs=params_file("plots", "runs"),
+        md=params_file("plots", "md"),
+        values=[config["md"]["n_equil"], config["md"]["timestep_fs"]],
     conda:
         "../../envs/base.yaml"
     shell:

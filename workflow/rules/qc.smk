@@ -1,16 +1,18 @@
 rule qc:
     input:
         reference=out("reference"),
-        runs=lambda wc: crystal_run_files(wc.crystal, QC_KINDS),
+        runs=lambda wc: crystal_run_files(wc.crystal, mdconf.QC_KINDS),
     output:
         qc=out("qc"),
         table=out("qc_table"),
     log:
         "logs/qc/{crystal}.log",
     params:
-        runs=lambda wc: as_json(mdconf.crystal_runs(config, wc.crystal, QC_KINDS)),
-        crystal=lambda wc: as_json(mdconf.crystal(config, wc.crystal)),
-        tolerances=as_json(config["qc"]),
+        runs=params_file("qc", "runs"),
+        crystal=params_file("qc", "crystal"),
+        tolerances=params_file("qc", "tolerances"),
+        values=lambda wc: [mdconf.crystal(config, wc.crystal), config["qc"], config["ensembles"],
+                           config["temperatures_K"], config["replicas"]],
     conda:
         "../../envs/base.yaml"
     shell:

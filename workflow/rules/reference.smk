@@ -11,12 +11,13 @@ rule reference:
     benchmark:
         "results/benchmarks/reference/{crystal}.tsv"
     params:
-        json=as_json(mdconf.reference_params(config)),
-        xrd=lambda wc: as_json(mdconf.xrd_params(config)),
+        file=params_file("reference"),
+        xrd_file=params_file("reference_xrd"),
+        values=[mdconf.reference_params(config), mdconf.xrd_params(config)],
     threads: config["md"]["threads"]
     conda:
         "../../envs/chgnet.yaml"
     shell:
         "python -m mdxrd reference --cif {input.cif:q} --relaxed-cif {input.relaxed_cif:q}"
         " --structure-info {input.structure_info:q} --reference-out {output.reference:q}"
-        " --static-out {output.static:q} --params {params.json:q} --xrd {params.xrd:q} > {log:q} 2>&1"
+        " --static-out {output.static:q} --params {params.file:q} --xrd {params.xrd_file:q} > {log:q} 2>&1"

@@ -10,11 +10,12 @@ rule snapshots:
     log:
         "logs/snapshots/{crystal}/{ensemble}/{temperature}K/r{replica}.log",
     params:
-        json=as_json(mdconf.snapshot_params(config)),
+        file=params_file("snapshots"),
+        values=mdconf.snapshot_params(config),
     conda:
         "../../envs/base.yaml"
     shell:
         "python -m mdxrd snapshots --trajectory {input.trajectory:q} --velocities {input.velocities:q}"
         " --thermo {input.thermo:q} --run-info {input.run_info:q} --snapshots-out {output.snapshots:q}"
         " --summary-out {output.summary:q}"
-        " --params {params.json:q} > {log:q} 2>&1"
+        " --params {params.file:q} > {log:q} 2>&1"

@@ -9,12 +9,14 @@ rule structure:
         "logs/structure/{crystal}.log",
     benchmark:
         "results/benchmarks/structure/{crystal}.tsv"
+    # file: the job's parameters (results/params); values: the same, so Snakemake reruns the job when they change.
     params:
-        json=lambda wc: as_json(mdconf.structure_params(config, wc.crystal)),
+        file=params_file("structure"),
+        values=lambda wc: mdconf.structure_params(config, wc.crystal),
     threads: config["md"]["threads"]
     conda:
         "../../envs/chgnet.yaml"
     shell:
         "python -m mdxrd structure {input.cif:q} --name {wildcards.crystal:q} --cif-out {output.cif:q}"
-        " --supercell-out {output.supercell:q} --info-out {output.info:q} --params {params.json:q}"
+        " --supercell-out {output.supercell:q} --info-out {output.info:q} --params {params.file:q}"
         " > {log:q} 2>&1"

@@ -10,10 +10,11 @@ rule xrd:
     benchmark:
         "results/benchmarks/xrd/{crystal}/{ensemble}/{temperature}K/r{replica}.tsv"
     params:
-        json=lambda wc: as_json(mdconf.xrd_params(config, wc.crystal)),
+        file=params_file("xrd"),
+        values=lambda wc: mdconf.xrd_params(config, wc.crystal),
     conda:
         "../../envs/base.yaml"
     shell:
         "python -m mdxrd xrd-stage --snapshots {input.snapshots:q} --reflections {output.reflections:q}"
         " --patterns {output.patterns:q} --structure-info {input.structure_info:q}"
-        " --params {params.json:q} > {log:q} 2>&1"
+        " --params {params.file:q} > {log:q} 2>&1"

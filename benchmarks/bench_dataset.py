@@ -1,0 +1,165 @@
+"""Peak memory and time of the dataset stage at 10^5 patterns (synthetic stage outputs).
+
+Usage::
+
+    python benchmarks/bench_dataset.py [--crystals 1000] [--runs 9] [--snapshots 10] [--json PATH]
+
+It writes one synthetic run (a 64-atom trajectory of ``--snapshots`` frames with energies
+and stresses, patterns and their average on the default 2theta grid of 4001 points,
+run.json and summary.json) and per-crystal structure outputs, then dataset sections in
+which every crystal has ``--runs`` runs pointing at that run: the part writer reads
+and writes as much as a real campaign of that size, without its MD. Defaults:
+1000 crystals x (9 runs x (10 snapshots + 1 average) + 2 static) = 101,000 patterns.
+
+Measured, each in a fresh process (wall time, peak RSS from ru_maxrss):
+
+* ``one part``: one crystal's part, what one ``dataset_part`` job does;
+* ``all parts``: every crystal's part in one process, one after the other (an upper
+  bound of any part job: memory that grew with the number of parts would show here);
+* ``metadata``: the ``dataset`` job, checking every part's footer and writing
+  ``_common_metadata``.
+
+Target (issue 11): the dataset step's peak memory < 1 GB at 10^5 patterns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+
+_CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {pkg!r})
+from mdxrd import dataset
+job = json.load(open({job!r}))
+t = time.perf_counter()
+rows = 0
+if job["what"] == "parts":
+    for section, out in job["parts"]:
+        rows += dataset.write_part(section, job["results"], out)
+else:
+    rows = dataset.write_common_metadata(job["config"], job["dataset_dir"], job["out"])
+print(json.dumps({{"wall_s": time.perf_counter() - t, "rows": rows,
+                  "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def synthetic_outputs(root: Path, n_snapshots: int) -> dict[str, str]:
+    """One run's outputs and one crystal's structure outputs under ``root``; returns their paths."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+    from ase.io.trajectory import Trajectory
+
+    from mdxrd.io import write_json
+    from mdxrd.xrd import two_theta_grid
+
+    rng = np.random.default_rng(1)
+    grid = two_theta_grid(10.0, 90.0, 0.02)
+    peaks = rng.uniform(15, 85, 40)
+    base = sum(rng.uniform(1, 100) * np.exp(-0.5 * ((grid - p) / 0.3) ** 2) for p in peaks)
+    root.mkdir(parents=True, exist_ok=True)
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    write(str(root / "Si.cif"), si)
+    atoms = si.repeat(2)
+    with Trajectory(str(root / "snapshots.traj"), "w") as traj:
+        for i in range(n_snapshots):
+            frame = atoms.copy()
+            frame.positions += rng.normal(0, 0.08, frame.positions.shape)
+            frame.set_velocities(rng.normal(0, 0.005, frame.positions.shape))
+            frame.info = {"step": 100 + 50 * i, "time_fs": 100.0 + 50 * i}
+            frame.calc = SinglePointCalculator(frame, energy=-5.4 * len(frame), forces=np.zeros((len(frame), 3)),
+                                               stress=rng.normal(0, 1e-3, 6))
+            traj.write(frame)
+    patterns = base * (1 + 0.05 * rng.standard_normal((n_snapshots, len(grid))))
+    np.savez(root / "patterns.npz", two_theta=grid, intensity=patterns, intensity_bragg=0.9 * patterns)
+    np.savez(root / "average.npz", two_theta=grid, intensity=patterns.mean(0), intensity_bragg=0.9 * patterns.mean(0))
+    np.savez(root / "static.npz", two_theta=grid, intensity_relaxed=base, intensity_cif=base)
+    write(str(root / "relaxed.cif"), si)
+    write_json(root / "run.json", {"params": {"pressure_GPa": 1e-4, "seed": 1}, "n_atoms": 64, "device": "cpu"})
+    figures = ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa", "window_P_sem_GPa",
+               "window_volume_A3", "window_volume_sem_A3", "window_volume_drift", "energy_drift_meV_per_atom_ps",
+               "tau_int_E_pot_fs", "n_independent_snapshots")
+    write_json(root / "summary.json", {"tau_corr_fs": 80.0, "interval_too_short": True, "lindemann_ratio": 0.07,
+                                       "melted": False, **{k: 1.0 for k in figures}, "equilibrated": True,
+                                       "B_iso_A2": {"Si": 0.6}, "B_iso_sem_A2": {"Si": 0.02}})
+    write_json(root / "structure.json", {"formula": "Si", "space_group": "Fd-3m", "space_group_number": 227,
+                                         "supercell": [2, 2, 2], "E0_eV_per_atom": -5.42})
+    return {k: str(root / f) for k, f in (("cif", "Si.cif"), ("snapshots", "snapshots.traj"),
+                                          ("patterns", "patterns.npz"), ("average", "average.npz"),
+                                          ("run_info", "run.json"), ("snapshots_summary", "summary.json"))}
+
+
+def child(job: dict, work: Path) -> dict:
+    path = work / f"job-{job['what']}-{len(job.get('parts', []))}.json"
+    path.write_text(json.dumps(job))
+    res = subprocess.run([sys.executable, "-c", _CHILD.format(pkg=str(REPO / "workflow"), job=str(path))],
+                         capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(res.stderr[-3000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    from mdxrd.config import LAYOUT
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--crystals", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--snapshots", type=int, default=10)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mdxrd-dataset-") as tmp:
+        work = Path(tmp)
+        results = work / "results"
+        files = synthetic_outputs(work / "synthetic", args.snapshots)
+        names = [f"x{i:05d}" for i in range(args.crystals)]
+        entries = [{"name": n, "cif": files["cif"], "supercell": [2, 2, 2], "n_atoms_cell": 8,
+                    "cif_sha256": "0" * 64} for n in names]
+        for n in names:  # per-crystal outputs the part reads (structure.json, relaxed.cif, static.npz)
+            for kind, src in (("structure_info", "structure.json"), ("relaxed_cif", "relaxed.cif"),
+                              ("static", "static.npz")):
+                dst = results / LAYOUT[kind].format(crystal=n)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.symlink_to(work / "synthetic" / src)
+        parts = []
+        for entry in entries:
+            runs = [{"ensemble": "npt_berendsen", "temperature_K": 300.0 + 50 * r, "replica": 0, "supercell": [2, 2, 2],
+                     **{k: files[k] for k in ("snapshots", "patterns", "average", "run_info", "snapshots_summary")}}
+                    for r in range(args.runs)]
+            section = {"crystal": entry, "split": "train", "drop_melted": False, "runs": runs}
+            parts.append((section, str(results / LAYOUT["dataset_part"].format(crystal=entry["name"]))))
+        config = {"crystals": entries, "xrd": {"wavelength": "CuKa1", "two_theta_min": 10.0, "two_theta_max": 90.0,
+                                               "two_theta_step": 0.02, "sigma_deg": 0.3}}
+        out = {
+            "one part": child({"what": "parts", "parts": parts[:1], "results": str(results)}, work),
+            "all parts": child({"what": "parts", "parts": parts, "results": str(results)}, work),
+            "metadata": child({"what": "metadata", "config": config, "dataset_dir": str(results / "dataset"),
+                               "out": str(results / "dataset" / "_common_metadata")}, work),
+        }
+        size = sum(p.stat().st_size for p in (results / "dataset").rglob("*") if p.is_file())
+        import pyarrow.parquet as pq
+
+        n_rows = pq.read_table(results / "dataset", columns=["kind"]).num_rows
+    print(f"{args.crystals} crystals x {args.runs} runs x ({args.snapshots} + 1) + 2 static = {n_rows} patterns, "
+          f"{size / 1e9:.2f} GB on disk")
+    for case, m in out.items():
+        print(f"  {case:10s} {m['wall_s']:8.1f} s  peak RSS {m['peak_rss_MB']:7.0f} MB  ({m['rows']} rows)")
+    peak = max(m["peak_rss_MB"] for m in out.values())
+    print(f"peak memory of the dataset step: {peak:.0f} MB (target < 1000 MB)")
+    if args.json:
+        args.json.write_text(json.dumps({"patterns": n_rows, "bytes": size, **out}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Thousands of crystals: a 2,000-crystal sheet plans its DAG and its dataset job runs, within bounded memory.
+
+The MD and XRD outputs are not computed here: every crystal's dataset part is one small
+synthetic part (the real schema, the config's 2theta grid), so the test exercises what
+grows with the number of crystals: the sheet, the checked records, the parameter files,
+the DAG, and the one job that sees every crystal (the dataset's shared metadata).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+N_CRYSTALS = 2000
+
+
+def _synthetic_part(path: Path, name: str, grid: np.ndarray) -> int:
+    """A dataset part of crystal ``name``: 3 rows on ``grid`` with the dataset's schema; returns its row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mdxrd.dataset import schema, versions
+
+    rng = np.random.default_rng(0)
+    rows = [{"kind": kind, "crystal": name, "split": "train", "intensity": rng.random(len(grid)).astype(np.float32),
+             "intensity_bragg": rng.random(len(grid)).astype(np.float32)} for kind in ("static", "snapshot", "average")]
+    import json
+
+    meta = {"mdxrd.versions": json.dumps(versions(), sort_keys=True), "mdxrd.two_theta_deg": json.dumps(grid.tolist())}
+    sch = schema().with_metadata(meta)
+    pq.write_table(pa.Table.from_pylist(rows, schema=sch), str(path))
+    return len(rows)
+
+
+@pytest.mark.slow
+def test_two_thousand_crystal_sheet(tmp_path):
+    import pandas as pd
+
+    from mdxrd.xrd import two_theta_grid
+
+    cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+    cfg["ensembles"], cfg["temperatures_K"] = ["nvt_langevin"], [300]
+    cfg["crystals"] = "crystals.tsv"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "cifs").mkdir()
+    names = [f"c{i:04d}" for i in range(N_CRYSTALS)]
+    for name in names:  # one content: one checked record serves all (records are keyed by content)
+        os.link(REPO / "config" / "structures" / "Cu.cif", tmp_path / "cifs" / f"{name}.cif")
+    with open(tmp_path / "crystals.tsv", "w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t")
+        w.writerow(["name", "cif", "supercell"])
+        w.writerows([name, f"cifs/{name}.cif", "auto"] for name in names)
+    smk = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
+           str(tmp_path / "config.yaml"), "--cores", "2"]
+
+    t0 = time.perf_counter()
+    res = subprocess.run([*smk, "-n", "--quiet", "rules"], capture_output=True, text=True)
+    dry_s = time.perf_counter() - t0
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = {m[0]: int(m[1]) for m in (line.split() for line in res.stdout.splitlines()) if len(m) == 2
+              and m[1].isdigit()}
+    assert counts["structure"] == N_CRYSTALS and counts["md"] == N_CRYSTALS and counts["dataset_part"] == N_CRYSTALS
+    assert counts["dataset"] == 1
+    params = tmp_path / "results" / "params" / "crystals"
+    assert len(list(params.glob("*.json"))) == N_CRYSTALS
+    assert len(list((tmp_path / "results" / "checked").glob("*.json"))) == 1
+
+    # every part present (synthetic), then the dataset job alone: it reads all 2,000 footers
+    x = cfg["xrd"]
+    grid = two_theta_grid(x["two_theta_min"], x["two_theta_max"], x["two_theta_step"])
+    for name in names:
+        part = tmp_path / "results" / "dataset" / f"crystal={name}" / "part-0.parquet"
+        part.parent.mkdir(parents=True)
+        rows = _synthetic_part(part, name, grid)
+    t0 = time.perf_counter()
+    res = subprocess.run([*smk, "--allowed-rules", "dataset", "--printshellcmds", "results/dataset/_common_metadata"],
+                         capture_output=True, text=True)
+    job_s = time.perf_counter() - t0
+    assert res.returncode == 0, res.stderr[-3000:]
+    shell = next(line for line in (res.stdout + res.stderr).splitlines() if "python -m mdxrd dataset" in line)
+    assert len(shell) < 500  # no per-crystal data on the command line: nothing near Linux's 128 KiB limit
+    bench = pd.read_csv(tmp_path / "results" / "benchmarks" / "dataset.tsv", sep="\t")
+    assert bench["max_rss"].iloc[0] < 1000, bench  # MB
+    df = pd.read_parquet(tmp_path / "results" / "dataset", columns=["kind", "crystal"])
+    assert len(df) == rows * N_CRYSTALS and df.crystal.nunique() == N_CRYSTALS
+    print(f"\n{N_CRYSTALS} crystals: dry-run {dry_s:.1f} s; dataset job {job_s:.1f} s, "
+          f"max RSS {bench['max_rss'].iloc[0]:.0f} MB")
