@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mdxrd.config import (ConfigError, crystal_params, load_config, params_ref, split_of, validate_config,
+from mdxrd.config import (PARAM_STAGES, ConfigError, RunKey, load_config, md_params, split_of, validate_config,
                           write_params)
 from mdxrd.crystals import (CrystalTableError, auto_supercell, glob_crystals, perpendicular_widths, read_sheet)
 from mdxrd.io import load_params
@@ -171,30 +171,53 @@ def test_checked_records_skip_the_cif_on_later_parses(monkeypatch, tmp_path):
         validate_config(raw, "c.yaml", cache_dir=tmp_path / "checked")
 
 
+def test_validated_sheet_is_reused_until_it_changes(monkeypatch, tmp_path):
+    import mdxrd.crystals
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(STRUCTURES / "Si.cif", tmp_path / "Si.cif")
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("name\tcif\nSi\tSi.cif\n")
+    first = validate_config({"crystals": "s.tsv"}, "c.yaml", cache_dir=tmp_path / "checked")
+    calls = []
+    real = mdxrd.crystals.read_crystal_table
+    monkeypatch.setattr(mdxrd.crystals, "read_crystal_table", lambda spec: calls.append(spec) or real(spec))
+    assert validate_config({"crystals": "s.tsv"}, "c.yaml", cache_dir=tmp_path / "checked") == first
+    assert calls == []
+    sheet.write_text("name\tcif\tsupercell\nSi\tSi.cif\t1x1x1\n")
+    again = validate_config({"crystals": "s.tsv"}, "c.yaml", cache_dir=tmp_path / "checked")
+    assert calls == ["s.tsv"] and again["crystals"][0]["supercell"] == [1, 1, 1]
+
+
 # ---------------------------------------------------------------- parameter files and splits
 
-def test_parameter_files_written_once_and_per_crystal(monkeypatch, tmp_path):
+def test_parameter_files_per_stage_and_run(monkeypatch, tmp_path):
+    """write_params: one file per stage and MD run; untouched when unchanged; new files dated 1970, changed ones now."""
     monkeypatch.chdir(REPO)
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg = validate_config(raw, "c.yaml", cache_dir=tmp_path / "checked")
     results = tmp_path / "results"
-    assert write_params(cfg, results) == 1 + 3
-    si = results / "params" / "crystals" / "Si.json"
-    mtime = si.stat().st_mtime_ns
-    assert write_params(cfg, results) == 0 and si.stat().st_mtime_ns == mtime
-    # the md section of one run is what md_params gives; the job reads it with load_params
-    ref = params_ref("Si", "md", "npt_berendsen.300K.r0", results=results)
-    assert load_params(ref) == json.loads(json.dumps(crystal_params(cfg, "Si", results)["md"]["npt_berendsen.300K.r0"]))
-    assert load_params(ref)["seed"] == crystal_params(cfg, "Si", results)["md"]["npt_berendsen.300K.r0"]["seed"]
-    # adding a crystal rewrites the config and the new crystal's file only
-    raw2 = {**raw, "crystals": [*read_sheet(REPO / "config" / "crystals.tsv"),
+    per_crystal = len(PARAM_STAGES) + 3 * 2  # stages + ensembles x temperatures
+    assert write_params(cfg, results) == 1 + 3 * per_crystal
+    si = results / "params" / "Si"
+    md = si / "md" / "npt_berendsen.300K.r0.json"
+    assert md.stat().st_mtime == 0 and (si / "xrd.json").stat().st_mtime == 0  # creation triggers no rerun
+    assert load_params(str(md)) == json.loads(json.dumps(md_params(cfg, RunKey("Si", "npt_berendsen", 300.0, 0))))
+    assert write_params(cfg, results) == 0
+    # another sigma: the xrd and reference files change (dated now), MD's do not
+    cfg2 = validate_config({**raw, "xrd": {"sigma_deg": 0.2}}, "c.yaml", cache_dir=tmp_path / "checked")
+    assert write_params(cfg2, results) == 1 + 3 * 2
+    assert (si / "xrd.json").stat().st_mtime > 0 and md.stat().st_mtime == 0
+    assert load_params(f"{si / 'reference.json'}#xrd")["sigma_deg"] == 0.2
+    # adding a crystal writes the config and the new crystal's files only
+    raw3 = {**raw, "crystals": [*read_sheet(REPO / "config" / "crystals.tsv"),
                                 {"name": "Si2", "cif": "config/structures/Si.cif"}]}
-    before = {p.name: p.read_bytes() for p in (results / "params" / "crystals").iterdir()}
-    cfg2 = validate_config(raw2, "c.yaml", cache_dir=tmp_path / "checked")
-    assert write_params(cfg2, results) == 1 + 1
-    assert all((results / "params" / "crystals" / n).read_bytes() == b for n, b in before.items())
+    before = {p: p.read_bytes() for p in si.rglob("*.json")}
+    cfg3 = validate_config(raw3, "c.yaml", cache_dir=tmp_path / "checked")
+    assert write_params(cfg3, results) == 1 + 3 * 2 + per_crystal  # config, sigma back to 0.3, Si2
+    assert all(p.read_bytes() == b for p, b in before.items() if p.name not in ("xrd.json", "reference.json"))
     with pytest.raises(ValueError, match="no section 'nve'"):
-        load_params(params_ref("Si", "md", "nve", results=results))
+        load_params(f"{si / 'qc.json'}#nve")
 
 
 def test_split_per_crystal_is_deterministic_and_follows_the_fractions():

@@ -71,8 +71,8 @@ def test_two_thousand_crystal_sheet(tmp_path):
               and m[1].isdigit()}
     assert counts["structure"] == N_CRYSTALS and counts["md"] == N_CRYSTALS and counts["dataset_part"] == N_CRYSTALS
     assert counts["dataset"] == 1
-    params = tmp_path / "results" / "params" / "crystals"
-    assert len(list(params.glob("*.json"))) == N_CRYSTALS
+    params = tmp_path / "results" / "params"
+    assert len(list(params.glob("*/md/*.json"))) == N_CRYSTALS and len(list(params.glob("*/xrd.json"))) == N_CRYSTALS
     assert len(list((tmp_path / "results" / "checked").glob("*.json"))) == 1
 
     # every part present (synthetic), then the dataset job alone: it reads all 2,000 footers
@@ -95,3 +95,26 @@ def test_two_thousand_crystal_sheet(tmp_path):
     assert len(df) == rows * N_CRYSTALS and df.crystal.nunique() == N_CRYSTALS
     print(f"\n{N_CRYSTALS} crystals: dry-run {dry_s:.1f} s; dataset job {job_s:.1f} s, "
           f"max RSS {bench['max_rss'].iloc[0]:.0f} MB")
+
+
+def test_dataset_metadata_checks_parts_and_drops_removed_crystals(tmp_path):
+    """The dataset job: same schema and grid in every part; parts of crystals no longer configured go."""
+    import pandas as pd
+
+    from mdxrd.dataset import read_dataset, write_common_metadata
+    from mdxrd.xrd import two_theta_grid
+
+    config = {"crystals": [{"name": "A"}, {"name": "B"}], "xrd": {"wavelength": "CuKa1", "two_theta_min": 20.0,
+                                                                  "two_theta_max": 30.0, "two_theta_step": 0.5}}
+    grid = two_theta_grid(20.0, 30.0, 0.5)
+    for name in ("A", "B", "Old"):
+        (tmp_path / f"crystal={name}").mkdir()
+        _synthetic_part(tmp_path / f"crystal={name}" / "part-0.parquet", name, grid)
+    assert write_common_metadata(config, tmp_path, tmp_path / "_common_metadata") == 6
+    assert not (tmp_path / "crystal=Old").exists()
+    df, two_theta, meta = read_dataset(tmp_path)
+    assert sorted(df.crystal.unique()) == ["A", "B"] and np.array_equal(two_theta, grid)
+    assert len(pd.read_parquet(tmp_path)) == 6
+    _synthetic_part(tmp_path / "crystal=B" / "part-0.parquet", "B", two_theta_grid(20.0, 30.0, 0.25))
+    with pytest.raises(ValueError, match="crystal=B/part-0.parquet: 2theta grid differs"):
+        write_common_metadata(config, tmp_path, tmp_path / "_common_metadata")

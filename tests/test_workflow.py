@@ -31,8 +31,8 @@ def test_dry_run_default_config_lists_the_grid():
     assert res.returncode == 0, res.stderr + res.stdout
     counts = _job_counts(res.stdout)
     runs = 3 * 3 * 2  # crystals x ensembles x temperatures
-    assert counts == {"structure": 3, "reference": 3, "md": runs, "snapshots": runs, "xrd": runs, "average": runs,
-                      "qc": 3, "plots": 3, "dataset_part": 3, "dataset": 1, "all": 1, "total": 5 * 3 + 4 * runs + 2}
+    assert counts == {"structure": 3, "reference": 3, "md": runs, "snapshots": runs, "xrd": runs,
+                      "qc": 3, "plots": 3, "dataset_part": 3, "dataset": 1, "all": 1, "total": 5 * 3 + 3 * runs + 2}
 
 
 def test_dry_run_glob_of_structure_files(tmp_path):
@@ -43,9 +43,10 @@ def test_dry_run_glob_of_structure_files(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     counts = _job_counts(res.stdout)
     assert counts["structure"] == 3 and counts["md"] == 3 * 2 and counts["dataset_part"] == 3
-    params = json.loads((tmp_path / "results" / "params" / "crystals" / "Cu.json").read_text())
-    assert params["structure"]["supercell"] == [3, 3, 3] and params["xrd"]["supercell"] == [3, 3, 3]
-    assert sorted(p.stem for p in (tmp_path / "results" / "params" / "crystals").glob("*.json")) == ["Cu", "NaCl", "Si"]
+    params = tmp_path / "results" / "params"
+    assert json.loads((params / "Cu" / "structure.json").read_text())["supercell"] == [3, 3, 3]
+    assert json.loads((params / "Cu" / "xrd.json").read_text())["supercell"] == [3, 3, 3]
+    assert sorted(p.name for p in params.iterdir() if p.is_dir()) == ["Cu", "NaCl", "Si"]
 
 
 def test_lint_is_clean():

@@ -1,4 +1,4 @@
-"""Average stage: ensemble-averaged powder pattern of one MD run.
+"""Ensemble-averaged powder pattern of one MD run (written by the xrd stage, :func:`mdxrd.xrd.run_stage`).
 
     I_avg(2theta) = (1/N_s) sum_i I_i(2theta)                       (METHOD.md step 5)
 
@@ -52,8 +52,8 @@ def run_stage(patterns: str | Path, average_out: str | Path) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mdxrd average`` (the workflow's average stage)."""
-    p = subparsers.add_parser("average", help="average stage: mean broadened pattern of one run")
+    """Register ``mdxrd average`` (the average of an xrd stage's patterns file)."""
+    p = subparsers.add_parser("average", help="mean broadened pattern of one run (the xrd stage writes it too)")
     p.add_argument("--patterns", required=True, help="xrd stage patterns (.npz)")
     p.add_argument("--average-out", required=True, help="output .npz")
     p.set_defaults(func=_main)

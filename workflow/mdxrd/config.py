@@ -35,7 +35,7 @@ LAYOUT = {
     "snapshots_summary": f"snapshots/{RUN}/summary.json",
     "reflections": f"xrd/{RUN}/reflections.parquet",
     "patterns": f"xrd/{RUN}/patterns.npz",
-    "average": f"average/{RUN}/average.npz",
+    "average": f"xrd/{RUN}/average.npz",
     "reference": "reference/{crystal}/reference.json",
     "static": "reference/{crystal}/static.npz",
     "qc": "qc/{crystal}/qc.json",
@@ -47,7 +47,8 @@ LAYOUT = {
     "qc_html": "plots/{crystal}/qc.html",
     "dataset_part": "dataset/crystal={crystal}/part-0.parquet",
     "dataset": "dataset/_common_metadata",
-    "params_crystal": "params/crystals/{crystal}.json",
+    "params": "params/{crystal}/{stage}.json",
+    "params_md": "params/{crystal}/md/{ensemble}.{temperature}K.r{replica}.json",
     "params_config": "params/config.json",
 }
 
@@ -200,12 +201,6 @@ def xrd_params(config: dict[str, Any], name: str | None = None) -> dict[str, Any
     return out
 
 
-def run_id(key: RunKey) -> str:
-    """A run's name inside its crystal's parameter file: ``{ensemble}.{temperature}K.r{replica}``."""
-    w = key.wildcards
-    return f"{w['ensemble']}.{w['temperature']}K.r{w['replica']}"
-
-
 def split_of(seed: int, name: str, fractions: dict[str, float]) -> str:
     """The dataset split (train, validation, test) of crystal ``name``, fixed by the seed and the name.
 
@@ -224,21 +219,24 @@ def split_of(seed: int, name: str, fractions: dict[str, float]) -> str:
     return "test"
 
 
-def crystal_params(config: dict[str, Any], name: str, results: str | Path = "results") -> dict[str, Any]:
-    """Every stage's parameters for crystal ``name``: the content of its parameter file.
+#: Per-crystal parameter files (results/params/{crystal}/{stage}.json) besides the per-run md files.
+PARAM_STAGES = ("structure", "reference", "snapshots", "xrd", "qc", "plots", "dataset")
 
-    Sections: ``structure``, ``reference``, ``reference_xrd``, ``md`` (one entry per
-    :func:`run_id`), ``snapshots``, ``xrd``, ``qc`` (runs, crystal, tolerances), ``plots``
-    (runs, md) and ``dataset`` (crystal, split, drop_melted, runs). Nothing in it depends on
-    the other crystals, so adding crystals leaves the existing files as they are.
+
+def crystal_params(config: dict[str, Any], name: str, results: str | Path = "results") -> dict[str, Any]:
+    """Every parameter file of crystal ``name``: {path relative to results/: content}.
+
+    One file per stage (:data:`PARAM_STAGES`; ``reference`` holds ``reference`` and
+    ``xrd``; ``qc`` holds ``runs``, ``crystal`` and ``tolerances``; ``plots`` holds ``runs``
+    and ``md``; ``dataset`` holds ``crystal``, ``split``, ``drop_melted`` and ``runs``) and
+    one per MD run. Nothing in them depends on the other crystals, so adding crystals
+    leaves the existing files as they are.
     """
     entry = crystal(config, name)
     md = config["md"]
-    return {
+    stages = {
         "structure": structure_params(config, name),
-        "reference": reference_params(config),
-        "reference_xrd": xrd_params(config),
-        "md": {run_id(k): md_params(config, k) for k in runs(config, name)},
+        "reference": {"reference": reference_params(config), "xrd": xrd_params(config)},
         "snapshots": snapshot_params(config),
         "xrd": xrd_params(config, name),
         "qc": {"runs": crystal_runs(config, name, QC_KINDS, results), "crystal": entry, "tolerances": config["qc"]},
@@ -248,41 +246,65 @@ def crystal_params(config: dict[str, Any], name: str, results: str | Path = "res
                     "drop_melted": config["dataset"]["drop_melted"],
                     "runs": crystal_runs(config, name, DATASET_KINDS, results)},
     }
-
-
-def params_ref(name: str, *section: str, results: str | Path = "results") -> str:
-    """``--params`` argument of a job: crystal ``name``'s parameter file and its ``section`` (see :func:`mdxrd.io.load_params`)."""
-    return f"{Path(results) / LAYOUT['params_crystal'].format(crystal=name)}#{'/'.join(section)}"
+    files = {LAYOUT["params"].format(crystal=name, stage=stage): data for stage, data in stages.items()}
+    files.update({LAYOUT["params_md"].format(**k.wildcards): md_params(config, k) for k in runs(config, name)})
+    return files
 
 
 def write_params(config: dict[str, Any], results: str | Path = "results") -> int:
     """Write the parameter files of a resolved configuration; return how many were (re)written.
 
     ``results/params/config.json`` holds the whole resolved configuration (the dataset's
-    provenance, and what a cluster job reads instead of validating again);
-    ``results/params/crystals/{name}.json`` holds :func:`crystal_params`. A file is
-    rewritten only when its content changes (each written atomically), so a parse of
-    the Snakefile with thousands of crystals compares JSON text and touches nothing.
+    provenance, and what a cluster job reads instead of validating again); under
+    ``results/params/{crystal}/`` are the files of :func:`crystal_params`. Each job takes
+    its file as an input, so Snakemake reruns exactly the jobs whose parameters changed:
+
+    * a file whose content changed is rewritten (atomically) and gets the current time:
+      newer than the outputs made with the old parameters, it makes them rerun;
+    * a file that did not exist is written with modification time 0 (1970): it makes
+      nothing rerun by its mere creation (e.g. after deleting results/params);
+    * a file with the same content is not touched.
+
+    A manifest of hashes (results/params/manifest.json) of each crystal's entry and the
+    rest of the configuration lets a parse skip the crystals whose inputs did not change.
     """
+    import os
+
     results = Path(results)
     written = 0
 
-    def put(path: Path, data: Any) -> None:
+    def put(path: Path, text: str) -> None:
         nonlocal written
-        text = json.dumps(data, indent=1, sort_keys=True)
         try:
             if path.read_text() == text:
                 return
+            existed = True
         except OSError:
-            pass
+            existed = False
         with atomic_path(path) as tmp:
             tmp.write_text(text)
+            if not existed:
+                os.utime(tmp, (0, 0))
         written += 1
 
-    put(results / LAYOUT["params_config"], config)
+    put(results / LAYOUT["params_config"], json.dumps(config, indent=1, sort_keys=True))
+    common = json.dumps({**config, "crystals": None, "_results": str(results)}, sort_keys=True)
+    manifest_path = results / "params" / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    new_manifest = {}
     for entry in config["crystals"]:
-        put(results / LAYOUT["params_crystal"].format(crystal=entry["name"]), crystal_params(config, entry["name"],
-                                                                                              results))
+        name = entry["name"]
+        key = hashlib.sha256((common + json.dumps(entry, sort_keys=True)).encode()).hexdigest()
+        if manifest.get(name) != key or not (results / "params" / name).is_dir():
+            for rel, data in crystal_params(config, name, results).items():
+                put(results / rel, json.dumps(data, indent=1, sort_keys=True))
+        new_manifest[name] = key
+    if new_manifest != manifest:
+        with atomic_path(manifest_path) as tmp:
+            tmp.write_text(json.dumps(new_manifest, sort_keys=True))
     return written
 
 
@@ -365,12 +387,19 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
         raise ConfigError(f"{source}: {err}")
     spec = config["crystals"]
     if isinstance(spec, str):
-        try:
-            config["crystals"] = read_crystal_table(spec)
-        except CrystalTableError as err:
-            raise ConfigError(f"{source}: crystals: {err}") from None
-        for err in _schema_errors(config):
-            raise ConfigError(f"{source}: crystals ({spec}) {err.removeprefix('crystals')}")
+        key = table_key(spec)
+        cached = Path(cache_dir) / f"table-{key}.json" if cache_dir is not None and key is not None else None
+        if cached is not None and cached.is_file():
+            config["crystals"] = read_json(cached)
+        else:
+            try:
+                config["crystals"] = read_crystal_table(spec)
+            except CrystalTableError as err:
+                raise ConfigError(f"{source}: crystals: {err}") from None
+            for err in _schema_errors(config):
+                raise ConfigError(f"{source}: crystals ({spec}) {err.removeprefix('crystals')}")
+            if cached is not None:
+                _try_write(cached, config["crystals"])
 
     counts = Counter(c["name"] for c in config["crystals"])
     dup = sorted(n for n, k in counts.items() if k > 1)
@@ -410,13 +439,39 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
     return config
 
 
+def table_key(spec: str) -> str | None:
+    """Cache key of a crystal sheet or glob: SHA-256 of its content (the sheet's bytes, or the glob's
+    sorted file list) and of both schemas; None when the sheet does not exist (its error comes later)."""
+    import glob
+
+    from mdxrd.crystals import SHEET_SCHEMA_PATH, is_sheet
+
+    h = hashlib.sha256(SCHEMA_PATH.read_bytes() + SHEET_SCHEMA_PATH.read_bytes())
+    if is_sheet(spec):
+        if not Path(spec).is_file():
+            return None
+        h.update(Path(spec).read_bytes())
+    else:
+        h.update("\n".join(sorted(glob.glob(spec, recursive=True))).encode())
+    return h.hexdigest()
+
+
+def _try_write(path: Path, data: Any) -> None:
+    """Write a cache file; a read-only working directory only costs the next parse the work again."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data, sort_keys=True))
+    except OSError:
+        pass
+
+
 def _check_crystal(config: dict[str, Any], entry: dict[str, Any], where: str, cache_dir: str | Path | None) -> bool:
     """Check one crystal entry (see :func:`validate_config`) and resolve its supercell in place.
 
     Returns False for a crystal to leave out (automatic supercell too large with
     structure.skip_too_large); raises :class:`ConfigError` for anything else wrong.
     """
-    from mdxrd.crystals import auto_supercell, checked_record
+    from mdxrd.crystals import checked_record, supercell_for_widths
     from mdxrd.structure import StructureError, check_supercell_size
 
     s = config["structure"]
@@ -427,7 +482,7 @@ def _check_crystal(config: dict[str, Any], entry: dict[str, Any], where: str, ca
     entry["n_atoms_cell"], entry["cif_sha256"] = record["n_atoms_cell"], record["sha256"]
     auto = entry["supercell"] == "auto"
     if auto:
-        entry["supercell"] = auto_supercell(record["cell_A"], s["min_width_A"])
+        entry["supercell"] = supercell_for_widths(record["widths_A"], s["min_width_A"])
     try:
         check_supercell_size(record["n_atoms_cell"], entry["supercell"], s["max_atoms"], entry["cif"])
     except StructureError as err:

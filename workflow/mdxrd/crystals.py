@@ -83,8 +83,12 @@ def auto_supercell(cell_A: Any, min_width_A: float) -> list[int]:
     ``n_i = ceil(min_width_A / w_i)`` with ``w_i`` from :func:`perpendicular_widths`
     (a small tolerance keeps a width of exactly ``min_width_A`` at n_i = 1).
     """
-    widths = perpendicular_widths(cell_A)
-    return [max(1, math.ceil(min_width_A / w - 1e-9)) for w in widths]
+    return supercell_for_widths(perpendicular_widths(cell_A), min_width_A)
+
+
+def supercell_for_widths(widths_A: Any, min_width_A: float) -> list[int]:
+    """:func:`auto_supercell` from the perpendicular widths (3,) in Angstrom, e.g. a checked record's."""
+    return [max(1, math.ceil(min_width_A / float(w) - 1e-9)) for w in widths_A]
 
 
 def parse_supercell(value: Any) -> list[int] | str:

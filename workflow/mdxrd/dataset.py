@@ -318,8 +318,10 @@ def write_common_metadata(config: dict[str, Any], dataset_dir: str | Path, out: 
     """Check every crystal's part against the shared schema and grid; write ``_common_metadata``.
 
     Reads only each part's footer (schema and key-value metadata), so its memory and
-    time grow with the number of parts, not with the patterns in them. Returns the
-    number of rows over all parts.
+    time grow with the number of parts, not with the patterns in them. Parts of
+    crystals no longer in the configuration (removed from the sheet) are deleted, with a
+    warning, so that reading the directory gives exactly the configured crystals.
+    Returns the number of rows over all parts.
 
     Raises
     ------
@@ -330,8 +332,14 @@ def write_common_metadata(config: dict[str, Any], dataset_dir: str | Path, out: 
 
     from mdxrd.config import LAYOUT
 
+    import shutil
+
     sch = schema()
     meta = common_metadata(config)
+    names = {entry["name"] for entry in config["crystals"]}
+    for stale in sorted(p for p in Path(dataset_dir).glob("crystal=*") if p.name.partition("=")[2] not in names):
+        log.warning("removing %s: crystal %s is not in the configuration", stale, stale.name.partition("=")[2])
+        shutil.rmtree(stale)
     n_rows = 0
     for entry in config["crystals"]:
         path = Path(dataset_dir) / Path(LAYOUT["dataset_part"].format(crystal=entry["name"])).relative_to("dataset")
@@ -358,7 +366,8 @@ def write_dataset(config: dict[str, Any], results: str | Path, dataset_dir: str 
 
     dataset_dir = Path(dataset_dir)
     for entry in config["crystals"]:
-        section = crystal_params(config, entry["name"], results)["dataset"]
+        section = crystal_params(config, entry["name"], results)[LAYOUT["params"].format(crystal=entry["name"],
+                                                                                          stage="dataset")]
         write_part(section, results, dataset_dir / Path(LAYOUT["dataset_part"].format(crystal=entry["name"])
                                                         ).relative_to("dataset"))
     return write_common_metadata(config, dataset_dir, dataset_dir / "_common_metadata")
@@ -415,7 +424,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``mdxrd dataset-part`` and ``mdxrd dataset`` (the workflow's dataset stage)."""
     p = subparsers.add_parser("dataset-part", help="dataset stage: one crystal's patterns with labels as Parquet")
     p.add_argument("--params", required=True,
-                   help="the crystal's dataset section: JSON, or FILE#dataset (mdxrd.config.crystal_params)")
+                   help="the crystal's dataset parameters: JSON or a file (results/params/{crystal}/dataset.json)")
     p.add_argument("--results", default="results", help="results root of the stage outputs")
     p.add_argument("-o", "--output", required=True, help="output Parquet file (the part)")
     p.set_defaults(func=_main_part)

@@ -22,6 +22,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; finished outputs get the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -47,9 +50,9 @@ def load_params(spec: str) -> Any:
 
     ``spec`` is either JSON text (starting with ``{`` or ``[``) or ``PATH`` or
     ``PATH#key/key/...``: the JSON file at PATH, descended into by the keys after
-    ``#``. The workflow passes ``results/params/crystals/{crystal}.json#md/...``, so no
-    per-crystal data travels on a command line (Linux refuses single arguments over
-    128 KiB).
+    ``#``. The workflow passes ``results/params/{crystal}/{stage}.json`` (and e.g.
+    ``qc.json#runs``), so no per-crystal data travels on a command line (Linux refuses
+    single arguments over 128 KiB).
 
     Raises
     ------

@@ -1182,6 +1182,7 @@ def run_stage(
     snapshots_path: str | os.PathLike[str],
     reflections_out: str | os.PathLike[str],
     patterns_out: str | os.PathLike[str],
+    average_out: str | os.PathLike[str] | None = None,
     *,
     wavelength: float | str,
     two_theta_range: Sequence[float],
@@ -1190,7 +1191,7 @@ def run_stage(
     supercell: Sequence[int],
     centring: Sequence[Sequence[float]] = (),
 ) -> None:
-    """XRD of every snapshot of a trajectory: reflections (Parquet) and patterns (npz).
+    """XRD of every snapshot of a trajectory: reflections (Parquet), patterns and their average (npz).
 
     Reflections are computed over :func:`extended_range` (widened by three widths of the
     diffuse kernel) so peaks and diffuse samples just outside the range contribute;
@@ -1208,6 +1209,8 @@ def run_stage(
             intensity_bragg (n_snap, n_grid) float64 (Bragg + diffuse continuum,
             and Bragg only, per degree), step (n_snap,) int64 and
             time_fs (n_snap,) float64.
+        average_out: npz of the run's ensemble average, :func:`mdxrd.average.run_stage`
+            (None: not written).
         wavelength: Angstrom or a name of :data:`WAVELENGTHS`.
         two_theta_range: (min, max) of the pattern grid, degrees.
         two_theta_step: Grid step, degrees.
@@ -1300,6 +1303,10 @@ def run_stage(
                 step=steps,
                 time_fs=times,
             )
+    if average_out is not None:
+        from mdxrd.average import run_stage as average_stage
+
+        average_stage(patterns_out, average_out)
     log.info("xrd: %d snapshots of %d atoms -> %s, %s", n_snap, len(species), reflections_out, patterns_out)
 
 
@@ -1426,7 +1433,7 @@ def _cmd_xrd_stage(args: argparse.Namespace) -> int:
 
         centring = read_json(args.structure_info)["centring_translations"]
     try:
-        run_stage(args.snapshots, args.reflections, args.patterns, centring=centring,
+        run_stage(args.snapshots, args.reflections, args.patterns, args.average, centring=centring,
                   **{key: params[key] for key in required})
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -1454,11 +1461,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     s = subparsers.add_parser(
         "xrd-stage",
         help="workflow stage: XRD of every snapshot of a trajectory",
-        description="Reflections (Parquet) and broadened patterns (npz) of every snapshot.",
+        description="Reflections (Parquet) and broadened patterns (npz) of every snapshot, and their average.",
     )
     s.add_argument("--snapshots", required=True, help="ASE trajectory of snapshots")
     s.add_argument("--reflections", required=True, help="output Parquet")
     s.add_argument("--patterns", required=True, help="output .npz")
+    s.add_argument("--average", help="output .npz: the run's average pattern (mdxrd.average)")
     s.add_argument("--structure-info", help="structure stage JSON: centring_translations of the parent cell "
                    "(without it the parent cell counts as primitive)")
     s.add_argument(

@@ -59,14 +59,9 @@ def run_key(wildcards):
     )
 
 
-def params_file(*section, per_run=False):
-    """A job's --params: its crystal's parameter file and section (``per_run``: the run's entry in it)."""
-
-    def ref(wildcards):
-        run = [mdconf.run_id(run_key(wildcards))] if per_run else []
-        return mdconf.params_ref(wildcards.crystal, *section, *run, results=RESULTS)
-
-    return ref
+def params_file(stage):
+    """A job's parameter file (an input: Snakemake reruns the job when write_params changes it)."""
+    return out("params_md") if stage == "md" else out("params").replace("{stage}", stage)
 
 
 def crystal_cif(wildcards):

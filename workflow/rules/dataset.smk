@@ -1,6 +1,7 @@
 rule dataset_part:
     input:
         dataset_part_inputs,
+        params=params_file("dataset"),
     output:
         out("dataset_part"),
     log:
@@ -8,18 +9,17 @@ rule dataset_part:
     benchmark:
         "results/benchmarks/dataset/{crystal}.tsv"
     params:
-        file=params_file("dataset"),
-        values=lambda wc: [mdconf.crystal(config, wc.crystal), config["dataset"], config["seed"]],
         results=lambda wc, output: str(Path(output[0]).parents[2]),  # results/dataset/crystal=X/part-0
     conda:
         "../../envs/base.yaml"
     shell:
-        "python -m mdxrd dataset-part --params {params.file:q} --results {params.results:q} -o {output:q} > {log:q} 2>&1"
+        "python -m mdxrd dataset-part --params {input.params:q} --results {params.results:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule dataset:
     input:
-        expand(out("dataset_part"), crystal=CRYSTALS),
+        parts=expand(out("dataset_part"), crystal=CRYSTALS),
+        config=out("params_config"),
     output:
         DATASET,
     log:
@@ -27,11 +27,9 @@ rule dataset:
     benchmark:
         "results/benchmarks/dataset.tsv"
     params:
-        config=f"{RESULTS}/{mdconf.LAYOUT['params_config']}",
-        config_sha256=mdconf.config_hash(config),
         dataset_dir=lambda wc, output: str(Path(output[0]).parent),
     conda:
         "../../envs/base.yaml"
     shell:
-        "python -m mdxrd dataset --config {params.config:q} --dataset-dir {params.dataset_dir:q} -o {output:q}"
+        "python -m mdxrd dataset --config {input.config:q} --dataset-dir {params.dataset_dir:q} -o {output:q}"
         " > {log:q} 2>&1"

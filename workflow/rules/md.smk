@@ -1,6 +1,7 @@
 rule md:
     input:
         supercell=out("supercell"),
+        params=params_file("md"),
     output:
         thermo=out("thermo"),
         trajectory=out("trajectory"),
@@ -11,8 +12,6 @@ rule md:
     benchmark:
         "results/benchmarks/md/{crystal}/{ensemble}/{temperature}K/r{replica}.tsv"
     params:
-        file=params_file("md", per_run=True),
-        values=lambda wc: mdconf.md_params(config, run_key(wc)),
         out_dir=lambda wc, output: str(Path(output.thermo).parent),
     threads: config["md"]["threads"]
     # gpu: profiles/default. Memory: CHGNet's graph (bonds, angles) grows about as atoms^2, ~0.1 GB
@@ -28,5 +27,5 @@ rule md:
     conda:
         "../../envs/chgnet.yaml"
     shell:
-        "python -m mdxrd md {input.supercell:q} --out-dir {params.out_dir:q} --params {params.file:q}"
+        "python -m mdxrd md {input.supercell:q} --out-dir {params.out_dir:q} --params {input.params:q}"
         " > {log:q} 2>&1"

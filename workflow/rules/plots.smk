@@ -3,6 +3,7 @@ rule plots:
         static=out("static"),
         qc=out("qc"),
         table=out("qc_table"),
+        params=params_file("plots"),
         runs=lambda wc: crystal_run_files(wc.crystal, mdconf.PLOT_KINDS),
     output:
         patterns=report(out("plot_patterns"), caption="../report/patterns.rst", category="{crystal}",
@@ -17,14 +18,10 @@ rule plots:
                        labels={"figure": "5 QC table"}),
     log:
         "logs/plots/{crystal}.log",
-    params:
-        runs=params_file("plots", "runs"),
-        md=params_file("plots", "md"),
-        values=[config["md"]["n_equil"], config["md"]["timestep_fs"]],
     conda:
         "../../envs/base.yaml"
     shell:
         "python -m mdxrd plots --name {wildcards.crystal:q} --static {input.static:q} --qc {input.qc:q}"
-        " --table {input.table:q} --runs {params.runs:q} --md {params.md:q}"
+        " --table {input.table:q} --runs {input.params:q}#runs --md {input.params:q}#md"
         " --patterns-out {output.patterns:q} --zoom-out {output.zoom:q} --thermal-out {output.thermal:q}"
         " --traces-out {output.traces:q} --qc-html-out {output.qc_html:q} > {log:q} 2>&1"

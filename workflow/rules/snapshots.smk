@@ -4,18 +4,16 @@ rule snapshots:
         velocities=out("velocities"),
         thermo=out("thermo"),
         run_info=out("run_info"),
+        params=params_file("snapshots"),
     output:
         snapshots=out("snapshots"),
         summary=out("snapshots_summary"),
     log:
         "logs/snapshots/{crystal}/{ensemble}/{temperature}K/r{replica}.log",
-    params:
-        file=params_file("snapshots"),
-        values=mdconf.snapshot_params(config),
     conda:
         "../../envs/base.yaml"
     shell:
         "python -m mdxrd snapshots --trajectory {input.trajectory:q} --velocities {input.velocities:q}"
         " --thermo {input.thermo:q} --run-info {input.run_info:q} --snapshots-out {output.snapshots:q}"
         " --summary-out {output.summary:q}"
-        " --params {params.file:q} > {log:q} 2>&1"
+        " --params {input.params:q} > {log:q} 2>&1"

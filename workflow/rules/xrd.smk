@@ -2,19 +2,18 @@ rule xrd:
     input:
         snapshots=out("snapshots"),
         structure_info=out("structure_info"),
+        params=params_file("xrd"),
     output:
         reflections=out("reflections"),
         patterns=out("patterns"),
+        average=out("average"),
     log:
         "logs/xrd/{crystal}/{ensemble}/{temperature}K/r{replica}.log",
     benchmark:
         "results/benchmarks/xrd/{crystal}/{ensemble}/{temperature}K/r{replica}.tsv"
-    params:
-        file=params_file("xrd"),
-        values=lambda wc: mdconf.xrd_params(config, wc.crystal),
     conda:
         "../../envs/base.yaml"
     shell:
         "python -m mdxrd xrd-stage --snapshots {input.snapshots:q} --reflections {output.reflections:q}"
-        " --patterns {output.patterns:q} --structure-info {input.structure_info:q}"
-        " --params {params.file:q} > {log:q} 2>&1"
+        " --patterns {output.patterns:q} --average {output.average:q} --structure-info {input.structure_info:q}"
+        " --params {input.params:q} > {log:q} 2>&1"
