@@ -73,7 +73,8 @@ def test_two_thousand_crystal_sheet(tmp_path):
     assert counts["dataset"] == 1
     params = tmp_path / "results" / "params"
     assert len(list(params.glob("*/md/*.json"))) == N_CRYSTALS and len(list(params.glob("*/xrd.json"))) == N_CRYSTALS
-    assert len(list((tmp_path / "results" / "checked").glob("*.json"))) == 1
+    checked = sorted(p.name.split("-")[0] for p in (tmp_path / "results" / "checked").glob("*.json"))
+    assert len(checked) == 2 and checked[-1] == "table"  # one structure record, one validated sheet
 
     # every part present (synthetic), then the dataset job alone: it reads all 2,000 footers
     x = cfg["xrd"]
