@@ -98,11 +98,13 @@ def test_sheet_errors_name_line_and_column(tmp_path, row, expect):
     assert str(err.value).startswith(f"{path}: ") and expect in str(err.value)
 
 
-def test_sheet_unknown_column_and_duplicates(tmp_path):
+def test_sheet_unknown_column_and_duplicates(monkeypatch, tmp_path):
     with pytest.raises(CrystalTableError, match="column colour: Additional properties are not allowed"):
         read_sheet(_sheet(tmp_path, "name\tcif\tcolour\nSi\tSi.cif\tgrey\n"))
-    with pytest.raises(CrystalTableError, match="names must be unique, Si appears more than once"):
-        read_sheet(_sheet(tmp_path, "name\tcif\nSi\tSi.cif\nSi\tSi2.cif\n"))
+    monkeypatch.chdir(tmp_path)
+    _sheet(tmp_path, "name\tcif\nSi\tSi.cif\nSi\tSi2.cif\n")
+    with pytest.raises(ConfigError, match=r"^c\.yaml: crystals: names must be unique, Si appears more than once"):
+        validate_config({"crystals": "crystals.tsv"}, "c.yaml")
 
 
 def test_glob_names_by_stem(tmp_path):

@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -243,10 +242,6 @@ def read_sheet(path: str | Path) -> list[dict[str, Any]]:
         name = records[i].get("name")
         row = f"line {lines[i]}" + (f" ({name})" if isinstance(name, str) else "")
         raise CrystalTableError(f"{path}: {row}, column {column}: {verr.message}") from None
-    counts = Counter(df["name"])
-    dup = sorted(n for n, k in counts.items() if k > 1)
-    if dup:
-        raise CrystalTableError(f"{path}: column name: names must be unique, {', '.join(dup)} appears more than once")
     return [_sheet_entry(rec, f"{path}: line {lines[i]} ({rec['name']})") for i, rec in enumerate(records)]
 
 

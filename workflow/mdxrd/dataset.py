@@ -169,15 +169,15 @@ RUN_FIGURES = ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa", "
                "tau_int_E_pot_fs", "n_independent_snapshots")
 
 
-def _static_rows(section: dict[str, Any], results: str | Path, grid: np.ndarray) -> list[dict[str, Any]]:
-    """Two ``static`` rows of a crystal: the 0 K patterns of the relaxed cell and of the CIF cell."""
+def _static_rows(section: dict[str, Any], info: dict[str, Any], results: str | Path, grid: np.ndarray
+                 ) -> list[dict[str, Any]]:
+    """Two ``static`` rows of a crystal (``info``: its structure.json): the 0 K patterns of the relaxed and CIF cells."""
     from pymatgen.core import Structure
 
     from mdxrd.config import LAYOUT
     from mdxrd.structure import read_structure
 
     name = section["crystal"]["name"]
-    info = read_json(Path(results) / LAYOUT["structure_info"].format(crystal=name))
     static = np.load(Path(results) / LAYOUT["static"].format(crystal=name))
     if not np.array_equal(static["two_theta"], grid):
         raise ValueError(f"{LAYOUT['static'].format(crystal=name)}: 2theta grid differs from the runs'")
@@ -200,8 +200,7 @@ def _static_rows(section: dict[str, Any], results: str | Path, grid: np.ndarray)
     return rows
 
 
-def _run_rows(key: dict[str, Any], results: str | Path, grid: np.ndarray | None) -> tuple[list[dict[str, Any]],
-                                                                                          np.ndarray]:
+def _run_rows(key: dict[str, Any], grid: np.ndarray) -> list[dict[str, Any]]:
     """The ``snapshot`` rows and the ``average`` row of one run (``key``: a run of the dataset section)."""
     from ase.io import read
 
@@ -210,8 +209,6 @@ def _run_rows(key: dict[str, Any], results: str | Path, grid: np.ndarray | None)
     frames = read(str(key["snapshots"]), index=":")
     patterns = np.load(key["patterns"])
     average = np.load(key["average"])
-    if grid is None:
-        grid = patterns["two_theta"]
     if not (np.array_equal(grid, patterns["two_theta"]) and np.array_equal(grid, average["two_theta"])):
         raise ValueError(f"{key['patterns']}: 2theta grid differs from the crystal's other patterns")
     supercell = list(key["supercell"])
@@ -236,7 +233,7 @@ def _run_rows(key: dict[str, Any], results: str | Path, grid: np.ndarray | None)
     rows.append({"kind": "average", **common, "snapshot": None, "step": None, "time_fs": None, **mean,
                  "intensity": average["intensity"].astype(np.float32),
                  "intensity_bragg": average["intensity_bragg"].astype(np.float32)})
-    return rows, grid
+    return rows
 
 
 def write_part(section: dict[str, Any], results: str | Path, out: str | Path) -> int:
@@ -289,7 +286,7 @@ def write_part(section: dict[str, Any], results: str | Path, out: str | Path) ->
     n_rows = 0
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(str(tmp), sch.with_metadata(meta), compression="zstd") as writer:
-            for rows in (_static_rows(section, results, grid), *(_run_rows(k, results, grid)[0] for k in kept)):
+            for rows in (_static_rows(section, info, results, grid), *(_run_rows(k, grid) for k in kept)):
                 writer.write_table(pa.Table.from_pylist([{**crystal_cols, **r} for r in rows], schema=sch))
                 n_rows += len(rows)
     return n_rows
