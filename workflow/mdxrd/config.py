@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mdxrd.io import atomic_path, read_json
+from mdxrd.io import atomic_path, read_json, write_cache
 
 #: JSON schema of the configuration (YAML), shipped in the repository's config/.
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
@@ -369,8 +369,9 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
 
     In the resolved copy ``crystals`` is a list whose every ``supercell`` is
     (na, nb, nc) and every entry has ``n_atoms_cell`` and ``cif_sha256`` from its
-    checked record (the resolved copy is not meant to be validated again); with ``structure.skip_too_large`` crystals whose automatic
-    supercell exceeds max_atoms are left out (logged as warnings).
+    checked record (the resolved copy is not meant to be validated again); with
+    ``structure.skip_too_large`` crystals whose automatic supercell exceeds max_atoms
+    are left out (logged as warnings).
 
     Raises
     ------
@@ -399,7 +400,7 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
             for err in _schema_errors(config):
                 raise ConfigError(f"{source}: crystals ({spec}) {err.removeprefix('crystals')}")
             if cached is not None:
-                _try_write(cached, config["crystals"])
+                write_cache(cached, config["crystals"])
 
     counts = Counter(c["name"] for c in config["crystals"])
     dup = sorted(n for n, k in counts.items() if k > 1)
@@ -454,15 +455,6 @@ def table_key(spec: str) -> str | None:
     else:
         h.update("\n".join(sorted(glob.glob(spec, recursive=True))).encode())
     return h.hexdigest()
-
-
-def _try_write(path: Path, data: Any) -> None:
-    """Write a cache file; a read-only working directory only costs the next parse the work again."""
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(data, sort_keys=True))
-    except OSError:
-        pass
 
 
 def _check_crystal(config: dict[str, Any], entry: dict[str, Any], where: str, cache_dir: str | Path | None) -> bool:

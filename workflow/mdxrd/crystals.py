@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path
+from mdxrd.io import write_cache
 
 #: JSON schema of one sheet row (snakemake.utils.validate validates a DataFrame row by row).
 SHEET_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "crystals.schema.yaml"
@@ -90,14 +90,10 @@ def supercell_for_widths(widths_A: Any, min_width_A: float) -> list[int]:
     return [max(1, math.ceil(min_width_A / float(w) - 1e-9)) for w in widths_A]
 
 
-def parse_supercell(value: Any) -> list[int] | str:
-    """A supercell as written in a sheet (``2x2x2``, ``2 2 2``, ``auto``) or a list; returns a list or "auto"."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "auto":
-            return "auto"
-        return [int(v) for v in re.split(r"[x,\s]+", text) if v]
-    return [int(v) for v in value]
+def parse_supercell(text: str) -> list[int] | str:
+    """A sheet's supercell cell (``2x2x2`` or ``auto``, the sheet schema's pattern): a list or "auto"."""
+    text = text.strip().lower()
+    return "auto" if text == "auto" else [int(v) for v in text.split("x")]
 
 
 # ---------------------------------------------------------------- checked records
@@ -164,11 +160,7 @@ def checked_record(cif: str | Path, xrd: dict[str, Any], cache_dir: str | Path |
         "reflection_in_range": bool(refl.intensity.max(initial=0.0) > 1e-6),
     }
     if cached is not None:
-        try:
-            with atomic_path(cached) as tmp:
-                tmp.write_text(json.dumps(record, sort_keys=True))
-        except OSError:
-            pass  # a read-only working directory only costs the next parse the check again
+        write_cache(cached, record)
     return record
 
 

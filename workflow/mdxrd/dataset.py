@@ -200,12 +200,12 @@ def _static_rows(section: dict[str, Any], info: dict[str, Any], results: str | P
     return rows
 
 
-def _run_rows(key: dict[str, Any], grid: np.ndarray) -> list[dict[str, Any]]:
-    """The ``snapshot`` rows and the ``average`` row of one run (``key``: a run of the dataset section)."""
+def _run_rows(key: dict[str, Any], summary: dict[str, Any], grid: np.ndarray) -> list[dict[str, Any]]:
+    """The ``snapshot`` rows and the ``average`` row of one run (``key``: a run of the dataset section,
+    ``summary``: its snapshots summary)."""
     from ase.io import read
 
     run = read_json(key["run_info"])
-    summary = read_json(key["snapshots_summary"])
     frames = read(str(key["snapshots"]), index=":")
     patterns = np.load(key["patterns"])
     average = np.load(key["average"])
@@ -278,15 +278,15 @@ def write_part(section: dict[str, Any], results: str | Path, out: str | Path) ->
             log.warning("dropping %s: melted (Lindemann ratio %.3f)", Path(key["snapshots"]).parent,
                         summary["lindemann_ratio"])
             continue
-        kept.append(key)
+        kept.append((key, summary))
     if not kept:
         raise ValueError(f"crystal {name}: no run left for the dataset (all dropped as melted)")
-    grid = np.load(kept[0]["patterns"])["two_theta"]
+    grid = np.load(kept[0][0]["patterns"])["two_theta"]
     meta = {"mdxrd.versions": json.dumps(versions(), sort_keys=True), "mdxrd.two_theta_deg": json.dumps(grid.tolist())}
     n_rows = 0
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(str(tmp), sch.with_metadata(meta), compression="zstd") as writer:
-            for rows in (_static_rows(section, info, results, grid), *(_run_rows(k, grid) for k in kept)):
+            for rows in (_static_rows(section, info, results, grid), *(_run_rows(k, summary, grid) for k, summary in kept)):
                 writer.write_table(pa.Table.from_pylist([{**crystal_cols, **r} for r in rows], schema=sch))
                 n_rows += len(rows)
     return n_rows

@@ -40,6 +40,15 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def write_cache(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as compact JSON to a cache file atomically; a read-only directory only skips the write."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data, sort_keys=True))
+    except OSError:
+        pass
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read JSON from ``path``."""
     return json.loads(Path(path).read_text())
