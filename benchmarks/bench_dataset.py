@@ -81,9 +81,13 @@ def synthetic_outputs(root: Path, n_snapshots: int) -> dict[str, str]:
                                                stress=rng.normal(0, 1e-3, 6))
             traj.write(frame)
     patterns = base * (1 + 0.05 * rng.standard_normal((n_snapshots, len(grid))))
-    np.savez(root / "patterns.npz", two_theta=grid, intensity=patterns, intensity_bragg=0.9 * patterns)
-    np.savez(root / "average.npz", two_theta=grid, intensity=patterns.mean(0), intensity_bragg=0.9 * patterns.mean(0))
-    np.savez(root / "static.npz", two_theta=grid, intensity_relaxed=base, intensity_cif=base)
+    names = np.array(["default"])  # one instrument condition
+    np.savez(root / "patterns.npz", two_theta=grid, instrument=names, intensity=patterns[None],
+             intensity_bragg=0.9 * patterns[None])
+    np.savez(root / "average.npz", two_theta=grid, instrument=names, intensity=patterns.mean(0)[None],
+             intensity_bragg=0.9 * patterns.mean(0)[None])
+    np.savez(root / "static.npz", two_theta=grid, instrument=names, intensity_relaxed=base[None],
+             intensity_cif=base[None], intensity_bragg_relaxed=base[None], intensity_bragg_cif=base[None])
     write(str(root / "relaxed.cif"), si)
     write_json(root / "run.json", {"params": {"pressure_GPa": 1e-4, "seed": 1}, "n_atoms": 64, "device": "cpu"})
     figures = ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa", "window_P_sem_GPa",
@@ -136,7 +140,8 @@ def main() -> int:
             runs = [{"ensemble": "npt_berendsen", "temperature_K": 300.0 + 50 * r, "replica": 0, "supercell": [2, 2, 2],
                      **{k: files[k] for k in ("snapshots", "patterns", "average", "run_info", "snapshots_summary")}}
                     for r in range(args.runs)]
-            section = {"crystal": entry, "split": "train", "drop_melted": False, "runs": runs}
+            section = {"crystal": entry, "split": "train", "drop_melted": False, "runs": runs,
+                       "instrument": [{"name": "default", "wavelength": "CuKa1", "sigma_deg": 0.3}]}
             parts.append((section, str(results / LAYOUT["dataset_part"].format(crystal=entry["name"]))))
         config = {"crystals": entries, "xrd": {"wavelength": "CuKa1", "two_theta_min": 10.0, "two_theta_max": 90.0,
                                                "two_theta_step": 0.02, "sigma_deg": 0.3}}

@@ -163,7 +163,7 @@ def test_checked_records_skip_the_cif_on_later_parses(monkeypatch, tmp_path):
     def no_read(path):
         raise AssertionError(f"{path} read again")
 
-    monkeypatch.setattr(mdxrd.structure, "read_structure", no_read)
+    monkeypatch.setattr(mdxrd.structure, "read_checked_structure", no_read)
     assert validate_config(raw, "c.yaml", cache_dir=tmp_path / "checked") == first
     # another wavelength is another check; so is another content of the file
     with pytest.raises(AssertionError, match="read again"):
@@ -206,18 +206,19 @@ def test_parameter_files_per_stage_and_run(monkeypatch, tmp_path):
     assert md.stat().st_mtime == 0 and (si / "xrd.json").stat().st_mtime == 0  # creation triggers no rerun
     assert load_params(str(md)) == json.loads(json.dumps(md_params(cfg, RunKey("Si", "npt_berendsen", 300.0, 0))))
     assert write_params(cfg, results) == 0
-    # another sigma: the xrd and reference files change (dated now), MD's do not
+    # another sigma: the xrd, reference and dataset files change (dated now), MD's do not
     cfg2 = validate_config({**raw, "xrd": {"sigma_deg": 0.2}}, "c.yaml", cache_dir=tmp_path / "checked")
-    assert write_params(cfg2, results) == 1 + 3 * 2
+    assert write_params(cfg2, results) == 1 + 3 * 3
     assert (si / "xrd.json").stat().st_mtime > 0 and md.stat().st_mtime == 0
-    assert load_params(f"{si / 'reference.json'}#xrd")["sigma_deg"] == 0.2
+    assert load_params(f"{si / 'reference.json'}#xrd")["instrument"][0]["sigma_deg"] == 0.2
     # adding a crystal writes the config and the new crystal's files only
     raw3 = {**raw, "crystals": [*read_sheet(REPO / "config" / "crystals.tsv"),
                                 {"name": "Si2", "cif": "config/structures/Si.cif"}]}
     before = {p: p.read_bytes() for p in si.rglob("*.json")}
     cfg3 = validate_config(raw3, "c.yaml", cache_dir=tmp_path / "checked")
-    assert write_params(cfg3, results) == 1 + 3 * 2 + per_crystal  # config, sigma back to 0.3, Si2
-    assert all(p.read_bytes() == b for p, b in before.items() if p.name not in ("xrd.json", "reference.json"))
+    assert write_params(cfg3, results) == 1 + 3 * 3 + per_crystal  # config, sigma back to 0.3, Si2
+    assert all(p.read_bytes() == b for p, b in before.items()
+               if p.name not in ("xrd.json", "reference.json", "dataset.json"))
     with pytest.raises(ValueError, match="no section 'nve'"):
         load_params(f"{si / 'qc.json'}#nve")
 

@@ -116,7 +116,12 @@ def test_static_pattern_peaks_at_bragg_angles_and_conserves_intensity():
     a = 3.615
     cu = bulk("Cu", "fcc", a=a, cubic=True)
     grid = two_theta_grid(30.0, 80.0, 0.01)
-    y = static_pattern(cu, grid, "CuKa1", 0.1)
+    observed, clean = static_pattern(cu, grid, [{"name": "g", "wavelength": "CuKa1", "sigma_deg": 0.1},
+                                                {"name": "bg", "sigma_deg": 0.1, "background": [0.1]}])
+    assert observed.shape == clean.shape == (2, grid.size)
+    np.testing.assert_array_equal(observed[0], clean[0])
+    np.testing.assert_allclose(observed[1] - clean[1], 0.1 * clean[1].max())  # a flat background
+    y = clean[0]
     peak = grid[np.argmax(y)]
     assert peak == pytest.approx(2 * np.degrees(np.arcsin(1.5406 * np.sqrt(3) / (2 * a))), abs=0.01)  # (111)
     refl = diffract_structure(cu, wavelength="CuKa1", two_theta_range=(30.0, 80.0))

@@ -8,7 +8,7 @@ from ase.io import read
 from pymatgen.core import Lattice, Structure
 
 from mdxrd.io import read_json
-from mdxrd.structure import StructureError, StructureParams, check_supercell_size, read_structure, run_stage
+from mdxrd.structure import StructureError, StructureParams, check_supercell_size, read_checked_structure, run_stage
 
 #: file -> (reduced formula, space group number, experimental a in Angstrom, atoms per cell)
 SHARED = {
@@ -29,7 +29,7 @@ SHARED = {
 @pytest.mark.parametrize("name", sorted(SHARED))
 def test_reads_shared_cif(shared_structures, name):
     formula, _, a_exp, n = SHARED[name]
-    s = read_structure(shared_structures / name)
+    s = read_checked_structure(shared_structures / name)
     assert s.composition.reduced_formula == formula
     assert len(s) == n
     if a_exp is not None:
@@ -59,14 +59,14 @@ def test_structure_stage_on_shared_cif(shared_structures, tmp_path, name):
 
 def test_missing_file(tmp_path):
     with pytest.raises(StructureError, match="nope.cif: file not found"):
-        read_structure(tmp_path / "nope.cif")
+        read_checked_structure(tmp_path / "nope.cif")
 
 
 def test_not_a_cif(tmp_path):
     bad = tmp_path / "junk.cif"
     bad.write_text("this is not a crystal structure\n")
     with pytest.raises(StructureError, match="junk.cif: not a readable structure file"):
-        read_structure(bad)
+        read_checked_structure(bad)
 
 
 def test_truncated_cif(tmp_path, repo):
@@ -74,7 +74,7 @@ def test_truncated_cif(tmp_path, repo):
     bad = tmp_path / "trunc.cif"
     bad.write_text(text[: len(text) // 3])
     with pytest.raises(StructureError, match="trunc.cif"):
-        read_structure(bad)
+        read_checked_structure(bad)
 
 
 def test_partial_occupancy_refused(tmp_path):
@@ -82,7 +82,7 @@ def test_partial_occupancy_refused(tmp_path):
     path = tmp_path / "alloy.cif"
     s.to(filename=str(path))
     with pytest.raises(StructureError, match="partial occupancies.*order it first"):
-        read_structure(path)
+        read_checked_structure(path)
 
 
 def test_element_without_chgnet_parameters(tmp_path):
@@ -90,7 +90,7 @@ def test_element_without_chgnet_parameters(tmp_path):
     path = tmp_path / "am.cif"
     s.to(filename=str(path))
     with pytest.raises(StructureError, match=r"Am have no CHGNet parameters \(allowed: Z = 1..94"):
-        read_structure(path)
+        read_checked_structure(path)
 
 
 def test_supercell_atom_limit():

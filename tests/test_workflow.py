@@ -91,7 +91,9 @@ def test_tiny_run_dataset(tiny_run):
         "_common_metadata", "crystal=Cu/part-0.parquet"]
     df, grid, meta = read_dataset(path)
     n_runs, n_snap = 2, len(range(10 + 5, 20 + 1, 5))
-    assert len(df) == 2 + n_runs * (n_snap + 1)
+    assert len(df) == 2 * (2 + n_runs * (n_snap + 1))  # two instrument conditions
+    check_instrument_conditions(df, grid)
+    df = df[df.instrument == "default"]
     assert (df.kind == "average").sum() == n_runs
     static = df[df.kind == "static"]
     assert sorted(static.static_cell) == ["cif", "relaxed"] and static.ensemble.isna().all()
@@ -139,7 +141,6 @@ def test_tiny_run_dataset(tiny_run):
     assert meta["config"] == config
     assert meta["config_sha256"] == config_hash(config)
     assert {"mdxrd", "chgnet", "chgnet_model", "ase", "pymatgen", "torch", "numpy"} <= set(meta["versions"])
-    assert float(meta["wavelength_A"]) == 1.5406
     assert pq.read_schema(path / "_common_metadata").remove_metadata().equals(schema())
     # per-crystal columns: split, structure file hash, supercell; the MD device per run
     from mdxrd.crystals import file_sha256
@@ -147,6 +148,43 @@ def test_tiny_run_dataset(tiny_run):
     assert set(df.split) == {config_split(config)} and set(df.crystal) == {"Cu"}
     assert set(df.cif_sha256) == {file_sha256(config["crystals"][0]["cif"])}
     assert set(df.device) == {"cpu"} and all(list(s) == [2, 2, 2] for s in df.supercell)
+
+
+def check_instrument_conditions(df, grid) -> None:
+    """The .test config's two conditions: the method's Gaussian, and a lab diffractometer (CuKa12, TCH
+    pseudo-Voigt, size, strain, zero shift, background, noise) made from the same MD runs."""
+    assert sorted(df.instrument.unique()) == ["default", "lab"]
+    default, lab = df[df.instrument == "default"], df[df.instrument == "lab"]
+    assert len(default) == len(lab) and set(default.wavelength_A) == set(lab.wavelength_A) == {1.5406}
+    p = lab.instrument_params.iloc[0]
+    assert p["wavelength"] == "CuKa12" and list(p["lines_A"]) == [1.5406, 1.54439]
+    assert list(p["line_weights"]) == [1.0, 0.5] and p["size_nm"] == 50 and p["noise_seed"] == 1
+    assert default.instrument_params.iloc[0]["sigma_deg"] == 0.3 and default.instrument_params.iloc[0]["size_nm"] is None
+    key = ["kind", "ensemble", "snapshot", "static_cell"]
+    a = default.set_index(key).sort_index()
+    b = lab.set_index(key).sort_index()
+    np.testing.assert_array_equal(a.T_K.to_numpy(), b.T_K.to_numpy())  # the same MD frames
+    for (_, x), (_, y) in zip(a.iterrows(), b.iterrows()):
+        ga, gb = np.asarray(x.intensity_bragg, float), np.asarray(y.intensity_bragg, float)
+        # Cu (111) near 43.3 deg: K-alpha2 (half as strong) 0.11 deg above, and a zero shift of +0.02 deg,
+        # move the centroid by 0.02 + (2theta_2 - 2theta_1) / 3
+        near = np.abs(grid - grid[int(np.argmax(ga * (np.abs(grid - 43.3) < 1)))]) < 1.5
+        tt1 = float((grid[near] * ga[near]).sum() / ga[near].sum())
+        tt2 = 2 * np.degrees(np.arcsin(1.54439 / 1.5406 * np.sin(np.radians(tt1 / 2))))
+        centroid = float((grid[near] * gb[near]).sum() / gb[near].sum())
+        assert centroid - tt1 == pytest.approx(0.02 + (tt2 - tt1) / 3, abs=0.01), (tt1, centroid)
+        total = np.asarray(y.intensity, float)
+        assert total.min() > 0.01 * total.max()  # background 3 % - 1 % at 80 deg: >= 2 % of the maximum
+        # counting noise between the peaks (25-35 deg: a few hundred counts, ~ 6 % each), none without it
+        flat = (grid > 25) & (grid < 35)
+        rough = [np.std(np.diff(np.asarray(r.intensity, float)[flat])) / np.mean(np.asarray(r.intensity, float)[flat])
+                 for r in (x, y)]
+        assert rough[1] > 0.02 and (x.name[0] == "static" or rough[0] < 0.01), rough  # static: no diffuse
+    # averages: the clean Bragg part is the mean of the snapshots'; the noise is the average's own
+    for _, run in lab[lab.kind != "static"].groupby("ensemble"):
+        snaps = np.stack(run[run.kind == "snapshot"].intensity_bragg.to_numpy())
+        avg = np.asarray(run[run.kind == "average"].intensity_bragg.iloc[0])
+        np.testing.assert_allclose(avg, snaps.mean(axis=0), rtol=1e-4, atol=1e-4 * avg.max())
 
 
 @pytest.mark.slow
@@ -161,8 +199,8 @@ def test_dataset_readers_see_one_table(tiny_run):
     work, _ = tiny_run
     root = work / "results" / "dataset"
     n = len(pd.read_parquet(root))
-    assert n == 2 + 2 * 3
-    assert ds.dataset(root).to_table(filter=ds.field("kind") == "average").num_rows == 2
+    assert n == 2 * (2 + 2 * 3)
+    assert ds.dataset(root).to_table(filter=ds.field("kind") == "average").num_rows == 2 * 2
     frame = pl.read_parquet(f"{root}/*/*.parquet", hive_partitioning=True)
     assert frame.height == n and frame["crystal"].unique().to_list() == ["Cu"]
     assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{root}/*/*.parquet')").fetchall() == [(n,)]
@@ -232,10 +270,10 @@ def test_drop_melted_runs(tiny_run, tmp_path):
     summary = next((tmp_path / "results" / "snapshots" / "Cu" / "npt_berendsen").rglob("summary.json"))
     write_json(summary, {**read_json(summary), "melted": True})
     kept = write_dataset(config, tmp_path / "results", tmp_path / "keep")
-    assert kept == len(df) + 2 and read_dataset(tmp_path / "keep")[0].melted.eq(True).sum() == 3
+    assert kept == len(df) + 2 * 2 and read_dataset(tmp_path / "keep")[0].melted.eq(True).sum() == 2 * 3
     dropped = write_dataset({**config, "dataset": {**config["dataset"], "drop_melted": True}}, tmp_path / "results",
                             tmp_path / "d")
-    assert dropped == len(df) + 2 - 3
+    assert dropped == len(df) + 2 * 2 - 2 * 3
     assert set(read_dataset(tmp_path / "d")[0].ensemble.dropna()) == {"nvt_langevin"}
 
 

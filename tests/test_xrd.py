@@ -391,27 +391,6 @@ def test_broaden_midway_narrow_peak_is_split_evenly() -> None:
     assert y[1000] == pytest.approx((0.5 - 0.5 * math.erfc(4 / math.sqrt(2))) / 0.02, rel=1e-9)
 
 
-def test_broaden_options() -> None:
-    grid = two_theta_grid(10.0, 90.0, 0.02)
-    tt = np.array([30.0, 55.123, 70.4567])
-    inten = np.array([1.0, 2.0, 0.5])
-    w = 0.04
-    cag = broaden(tt, inten, grid, caglioti=(0.0, 0.0, w))
-    fixed = broaden(tt, inten, grid, math.sqrt(w) / (2 * math.sqrt(2 * math.log(2))))
-    np.testing.assert_allclose(cag, fixed, rtol=1e-12, atol=1e-15)
-    pv = broaden(tt, inten, grid, 0.1, profile="pseudo_voigt", eta=0.5)
-    np.testing.assert_allclose(pv.sum() * 0.02, inten.sum(), rtol=1e-6)
-    gauss = broaden(tt, inten, grid, 0.1)
-    i = int(np.argmin(np.abs(grid - 30.0)))
-    assert pv[i + 50] > gauss[i + 50]  # Lorentzian tails
-    with pytest.raises(ValueError):
-        broaden(tt, inten, grid, 0.1, profile="voigt")
-    with pytest.raises(ValueError):
-        broaden(tt, inten, grid, 0.0)
-    with pytest.raises(ValueError):
-        broaden(tt, inten, np.array([1.0, 2.0, 4.0]), 0.1)
-
-
 def test_grid_and_extended_range() -> None:
     g = two_theta_grid(10.0, 90.0, 0.02)
     assert g.size == 4001 and g[0] == 10.0 and g[-1] == pytest.approx(90.0, abs=1e-9)
@@ -426,12 +405,12 @@ def test_grid_and_extended_range() -> None:
 # --------------------------------------------------------------------------
 
 
+SIGMA = 0.2
 PARAMS = {
-    "wavelength": "CuKa1",
     "two_theta_range": [20.0, 60.0],
     "two_theta_step": 0.05,
-    "sigma_deg": 0.2,
     "supercell": [2, 2, 2],
+    "instrument": [{"name": "default", "wavelength": "CuKa1", "sigma_deg": SIGMA}],
 }
 
 
@@ -464,13 +443,14 @@ def check_stage_outputs(refl_path: Path, pat_path: Path, n_frames: int) -> None:
     assert sorted(df["snapshot"].unique()) == list(range(n_frames))
     assert sorted(df["step"].unique()) == [0, 10, 20]
     radius = xrd.debye_sphere_radius((2 * 5.4307) ** 3)  # the frames' smallest cell
-    lo, hi = extended_range(PARAMS["two_theta_range"], PARAMS["sigma_deg"], LAMBDA, 3 * radius)
+    lo, hi = extended_range(PARAMS["two_theta_range"], SIGMA, LAMBDA, 3 * radius)
     assert df["two_theta"].min() >= lo and df["two_theta"].max() <= hi
     assert df["two_theta"].max() > PARAMS["two_theta_range"][1]  # edge peaks kept
     with np.load(pat_path) as npz:
         grid, inten, bragg, step = npz["two_theta"], npz["intensity"], npz["intensity_bragg"], npz["step"]
     assert grid.shape == (801,) and grid[0] == 20.0
-    assert inten.shape == bragg.shape == (n_frames, grid.size)
+    assert inten.shape == bragg.shape == (1, n_frames, grid.size)
+    inten, bragg = inten[0], bragg[0]
     np.testing.assert_array_equal(step, [0, 10, 20])
     assert (bragg <= inten + 1e-9 * inten.max()).all() and (inten > bragg).any()
     # The diffuse part is a continuum: no sharp reflection survives in intensity - intensity_bragg.
@@ -478,7 +458,7 @@ def check_stage_outputs(refl_path: Path, pat_path: Path, n_frames: int) -> None:
     assert (diffuse >= -1e-9 * inten.max()).all()
     assert np.abs(np.diff(diffuse, 2, axis=1)).max() < 1e-3 * diffuse.max()
     sub = df[df["is_bragg"]]
-    mean_b = broaden(sub["two_theta"].to_numpy(), sub["intensity"].to_numpy() / n_frames, grid, PARAMS["sigma_deg"])
+    mean_b = broaden(sub["two_theta"].to_numpy(), sub["intensity"].to_numpy() / n_frames, grid, SIGMA)
     np.testing.assert_allclose(bragg.mean(axis=0), mean_b, rtol=1e-9, atol=1e-12 * mean_b.max())
 
 
@@ -542,7 +522,21 @@ def test_cli_xrd_on_cif(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["xrd", str(cif), "--wavelength", "1.5406", "-o", str(parquet), "--supercell", "1", "1", "1"]) == 0
     np.testing.assert_allclose(pd.read_parquet(parquet)["intensity"], df["intensity"], rtol=1e-12)
 
+    # a laboratory condition, as in the README: the pattern alone, K-alpha doublet (1 + ~0.5 of the area)
+    lab = tmp_path / "lab.csv"
+    assert main(["xrd", str(cif), "--wavelength", "CuKa12", "--caglioti", "0.004", "-0.002", "0.003", "--eta", "0.5",
+                 "--size-nm", "20", "--strain", "0.001", "--pattern", str(lab), "--two-theta-min", "20",
+                 "--two-theta-max", "80"]) == 0
+    y = pd.read_csv(lab)
+    inside = (api.two_theta > 22) & (api.two_theta < 78)  # peaks well inside: their profiles' area is in the grid
+    assert y["intensity"].sum() * 0.02 == pytest.approx(1.5 * api.intensity[inside].sum(), rel=0.03)
+    assert y["intensity"].max() < 0.5 * pat["intensity"].max()  # broader than sigma 0.1
+
     capsys.readouterr()
+    assert main(["xrd", str(cif), "--eta", "1.5", "--pattern", str(lab)]) == 2
+    assert "eta must be in [0, 1]" in capsys.readouterr().err
+    assert main(["xrd", str(cif)]) == 2
+    assert "-o/--output" in capsys.readouterr().err
     assert main(["xrd", str(cif), "--wavelength", "CuKalpha", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "CuKa1" in err
@@ -632,7 +626,8 @@ def test_diffuse_continuum_matches_laue_scattering() -> None:
     refl = diffract(cells, frac, species, supercell=(n, n, n), two_theta_range=ext, centring=centring)
     weights = np.stack([r.intensity for r in refl])
     f_bragg = 1.0 / (n**3 * 4)
-    total, bragg = xrd.powder_pattern(refl[0], weights, grid, 0.3, LAMBDA, volume, f_bragg)
+    total, bragg = xrd.powder_pattern(refl[0], weights, grid, LAMBDA, xrd.Instrument(sigma_deg=0.3),
+                                      volume_A3=volume, bragg_fraction=f_bragg)
     diffuse = (total - bragg).mean(axis=0)
     theta = np.radians(grid / 2)
     s = np.sin(theta) / LAMBDA
@@ -678,11 +673,11 @@ def test_stage_bragg_pattern_is_zero_at_fcc_forbidden_positions(tmp_path: Path) 
         atoms.info.update(step=10 * k, time_fs=10.0 * k)
         frames.append(atoms)
     ase.io.write(tmp_path / "s.traj", frames)
-    params = {**PARAMS, "two_theta_range": [10.0, 60.0], "sigma_deg": 0.3}
+    params = {**PARAMS, "two_theta_range": [10.0, 60.0], "instrument": [{"name": "g", "sigma_deg": 0.3}]}
     xrd.run_stage(tmp_path / "s.traj", tmp_path / "r.parquet", tmp_path / "p.npz",
                   centring=xrd.centring_translations(base), **params)
     with np.load(tmp_path / "p.npz") as npz:
-        grid, bragg, total = npz["two_theta"], npz["intensity_bragg"], npz["intensity"]
+        grid, bragg, total = npz["two_theta"], npz["intensity_bragg"][0], npz["intensity"][0]
     for forbidden in (24.61, 35.08):  # Cu (100), (110): X and zone-boundary points of fcc
         near = np.abs(grid - forbidden) < 1.0
         assert (bragg[:, near] == 0.0).all()

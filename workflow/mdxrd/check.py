@@ -3,7 +3,7 @@
 A configuration (``.yaml``/``.yml``) is validated with :func:`mdxrd.config.load_config`
 (schema, ranges, grid consistency, every CIF it names, reusing and filling the checked
 records under ``results/checked`` as the workflow does); any other file is read as a
-structure with :func:`mdxrd.structure.read_structure`. A bad input prints one line
+structure with :func:`mdxrd.structure.read_checked_structure`. A bad input prints one line
 naming the file, the field and what is allowed, and exits with status 2.
 """
 
@@ -26,13 +26,13 @@ def check_path(path: str | Path) -> str:
         What is wrong, naming file and field.
     """
     from mdxrd.config import load_config, runs
-    from mdxrd.structure import read_structure
+    from mdxrd.structure import read_checked_structure
 
     path = Path(path)
     if path.suffix.lower() in {".yaml", ".yml"}:
         config = load_config(path, cache_dir=CACHE_DIR)
         return f"{path}: OK, {len(config['crystals'])} crystal(s), {len(runs(config))} MD run(s)"
-    structure = read_structure(path)
+    structure = read_checked_structure(path)
     return f"{path}: OK, {structure.composition.reduced_formula}, {len(structure)} atoms per cell"
 
 

@@ -20,7 +20,6 @@ SUBCOMMAND_MODULES = (
     "mdxrd.md",
     "mdxrd.snapshots",
     "mdxrd.xrd",
-    "mdxrd.average",
     "mdxrd.qc",
     "mdxrd.plots",
     "mdxrd.dataset",

@@ -192,10 +192,10 @@ def crystal_runs(config: dict[str, Any], name: str, kinds: tuple[str, ...], resu
 
 
 def xrd_params(config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
-    """Keyword arguments of :func:`mdxrd.xrd.run_stage` (crystal ``name`` sets the supercell)."""
+    """Keyword arguments of :func:`mdxrd.xrd.stage.run_stage` (crystal ``name`` sets the supercell)."""
     x = config["xrd"]
-    out: dict[str, Any] = {"wavelength": x["wavelength"], "two_theta_range": [x["two_theta_min"], x["two_theta_max"]],
-                           "two_theta_step": x["two_theta_step"], "sigma_deg": x["sigma_deg"]}
+    out: dict[str, Any] = {"two_theta_range": [x["two_theta_min"], x["two_theta_max"]],
+                           "two_theta_step": x["two_theta_step"], "instrument": config["instrument"]}
     if name is not None:
         out["supercell"] = list(crystal(config, name)["supercell"])
     return out
@@ -228,7 +228,7 @@ def crystal_params(config: dict[str, Any], name: str, results: str | Path = "res
 
     One file per stage (:data:`PARAM_STAGES`; ``reference`` holds ``reference`` and
     ``xrd``; ``qc`` holds ``runs``, ``crystal`` and ``tolerances``; ``plots`` holds ``runs``
-    and ``md``; ``dataset`` holds ``crystal``, ``split``, ``drop_melted`` and ``runs``) and
+    and ``md``; ``dataset`` holds ``crystal``, ``split``, ``drop_melted``, ``instrument`` and ``runs``) and
     one per MD run. Nothing in them depends on the other crystals, so adding crystals
     leaves the existing files as they are.
     """
@@ -243,7 +243,7 @@ def crystal_params(config: dict[str, Any], name: str, results: str | Path = "res
         "plots": {"runs": crystal_runs(config, name, PLOT_KINDS, results),
                   "md": {k: md[k] for k in ("n_equil", "timestep_fs")}},
         "dataset": {"crystal": entry, "split": split_of(config["seed"], name, config["dataset"]["split"]),
-                    "drop_melted": config["dataset"]["drop_melted"],
+                    "drop_melted": config["dataset"]["drop_melted"], "instrument": config["instrument"],
                     "runs": crystal_runs(config, name, DATASET_KINDS, results)},
     }
     files = {LAYOUT["params"].format(crystal=name, stage=stage): data for stage, data in stages.items()}
@@ -417,6 +417,7 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
     if x["two_theta_min"] >= x["two_theta_max"]:
         raise ConfigError(f"{source}: xrd.two_theta_min: {x['two_theta_min']} must be below "
                           f"xrd.two_theta_max = {x['two_theta_max']}")
+    config["instrument"] = _resolve_instruments(config, source)
     split = config["dataset"]["split"]
     if abs(sum(split.values()) - 1.0) > 1e-9:
         raise ConfigError(f"{source}: dataset.split: the fractions {split} must add up to 1")
@@ -438,6 +439,28 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
             raise ConfigError(f"{source}: crystals: every crystal exceeds structure.max_atoms")
         config["crystals"] = kept
     return config
+
+
+def _resolve_instruments(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    """The instrument conditions with xrd.wavelength / xrd.sigma_deg filled in, checked over the
+    2theta range (:meth:`mdxrd.xrd.profiles.Instrument.check`), as plain dicts without None values."""
+    from mdxrd.xrd.profiles import Instrument
+
+    x = config["xrd"]
+    defaults = {"wavelength": x["wavelength"], "sigma_deg": x["sigma_deg"]}
+    resolved = []
+    for i, entry in enumerate(config["instrument"]):
+        try:
+            inst = Instrument.from_dict(entry, defaults)
+            inst.check((x["two_theta_min"], x["two_theta_max"]))
+        except ValueError as err:
+            raise ConfigError(f"{source}: instrument[{i}] ({entry.get('name')}): {err}") from None
+        resolved.append({k: v for k, v in inst.to_dict().items() if v is not None})
+    names = [r["name"] for r in resolved]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{source}: instrument: names must be unique, {', '.join(dup)} appears more than once")
+    return resolved
 
 
 def table_key(spec: str) -> str | None:

@@ -115,7 +115,7 @@ def checked_record(cif: str | Path, xrd: dict[str, Any], cache_dir: str | Path |
     Parameters
     ----------
     cif
-        Structure file (read by :func:`mdxrd.structure.read_structure`).
+        Structure file (read by :func:`mdxrd.structure.read_checked_structure`).
     xrd
         The configuration's ``xrd`` section (wavelength, two_theta_min, two_theta_max).
     cache_dir
@@ -142,11 +142,11 @@ def checked_record(cif: str | Path, xrd: dict[str, Any], cache_dir: str | Path |
             return json.loads(cached.read_text())
         except (OSError, ValueError):
             pass  # a damaged record is rebuilt
-    from mdxrd.structure import read_structure  # pymatgen: only when a file is checked for the first time
-    from mdxrd.xrd import diffract_structure, resolve_wavelength
+    from mdxrd.structure import read_checked_structure  # pymatgen: only when a file is checked for the first time
+    from mdxrd.xrd import diffract_structure, line_spectrum
 
-    structure = read_structure(path)
-    refl = diffract_structure(structure, wavelength=resolve_wavelength(xrd["wavelength"]),
+    structure = read_checked_structure(path)
+    refl = diffract_structure(structure, wavelength=line_spectrum(xrd["wavelength"])[0][0],
                               two_theta_range=(xrd["two_theta_min"], xrd["two_theta_max"]))
     cell = structure.lattice.matrix
     record = {

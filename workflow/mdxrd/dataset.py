@@ -11,11 +11,12 @@ polars, duckdb and Hugging Face ``datasets`` read the directory as one table (th
 so readers that ignore hive keys still see it); :func:`read_dataset` adds the 2theta
 grid and the metadata.
 
-One row per pattern: ``kind = "snapshot"`` (one MD snapshot's broadened pattern),
-``kind = "average"`` (the run's ensemble average) or ``kind = "static"`` (the 0 K
-pattern of a crystal's relaxed cell or of its CIF cell, atoms at rest), so a grid of
-C crystals and R runs with N_s snapshots each has 2 C + R (N_s + 1) rows. Run-level
-columns are null in static rows. The 2theta grid is stored once, in the
+One row per pattern and instrument condition: ``kind = "snapshot"`` (one MD snapshot's
+broadened pattern), ``kind = "average"`` (the run's ensemble average) or ``kind =
+"static"`` (the 0 K pattern of a crystal's relaxed cell or of its CIF cell, atoms at
+rest), each once per condition of ``instrument:`` (:mod:`mdxrd.xrd.profiles`), so a grid
+of C crystals and R runs with N_s snapshots each under K conditions has
+K (2 C + R (N_s + 1)) rows. Run-level columns are null in static rows. The 2theta grid is stored once, in the
 key-value metadata; every row's ``intensity`` (Bragg + thermal diffuse)
 and ``intensity_bragg`` (parent Bragg reflections only) are float32 lists on it.
 
@@ -66,17 +67,26 @@ B_iso                 list<struct<element: string, B_A2: float64, B_sem_A2: floa
 supercell             list<int32>  (na, nb, nc), as given or chosen by supercell: auto
 device                string   the device the MD ran on (cpu, cuda:0, ...); null for static rows
 n_atoms               int32    atoms in the simulation cell
+instrument            string   name of the instrument condition (config instrument[].name)
+wavelength_A          float64  the condition's (first) source line, Angstrom (K-alpha1 of a doublet)
+instrument_params     struct   the condition's settings: wavelength (as configured), lines_A and
+                                 line_weights (list<float64>), sigma_deg, caglioti [U, V, W] (deg^2),
+                                 lorentzian [X, Y] (deg), eta, size_nm, scherrer_k, strain, zero_shift_deg,
+                                 displacement_mm, goniometer_radius_mm, background (Chebyshev coefficients),
+                                 noise_counts, noise_seed, monochromator_two_theta_deg; null when unset
 intensity             list<float32>  pattern on the 2theta grid, per degree, per parent cell: Bragg
-                                     reflections (instrument Gaussian) plus thermal diffuse scattering
-                                     as a smooth continuum in |Q| (mdxrd.xrd.diffuse_continuum)
-intensity_bragg       list<float32>  same, Bragg reflections of the parent's primitive lattice only
+                                     reflections (the condition's profile) plus thermal diffuse scattering
+                                     as a smooth continuum in |Q| (mdxrd.xrd.diffuse_continuum), plus the
+                                     condition's background and counting noise
+intensity_bragg       list<float32>  same, Bragg reflections of the parent's primitive lattice only, without
+                                     background or noise
 ===================== ======== ===================================================
 
 Metadata keys of ``_common_metadata``: ``mdxrd.config`` (resolved config, YAML),
 ``mdxrd.config_sha256``, ``mdxrd.versions`` (JSON: mdxrd, chgnet, chgnet_model, ase,
 pymatgen, torch, numpy, pyarrow, python), ``mdxrd.two_theta_deg`` (JSON list),
-``mdxrd.wavelength_A``, ``mdxrd.normalization``. Each part carries ``mdxrd.versions``,
-``mdxrd.two_theta_deg`` and ``mdxrd.wavelength_A`` of its own.
+``mdxrd.normalization``. Each part carries ``mdxrd.versions`` and ``mdxrd.two_theta_deg``
+of its own.
 """
 
 from __future__ import annotations
@@ -96,9 +106,10 @@ log = logging.getLogger(__name__)
 
 NORMALIZATION = (
     "Kinematic intensity |F|^2 LP per parent unit cell (electrons^2; |F|^2 of the simulation cell divided by "
-    "(na nb nc)^2), B = 0 (thermal motion is in the coordinates), broadened by a unit-area Gaussian of "
-    "sigma_deg: values are intensity per degree 2theta, and sum(intensity) * step equals the summed reflection "
-    "intensity in the grid. Averages are the mean over a run's snapshots."
+    "(na nb nc)^2), B = 0 (thermal motion is in the coordinates), broadened by the unit-area profile of the "
+    "row's instrument condition: values are intensity per degree 2theta, and sum(intensity_bragg) * step equals "
+    "the summed reflection intensity in the grid. Averages are the mean over a run's snapshots, taken before "
+    "the condition's background and noise are added."
 )
 
 
@@ -124,8 +135,36 @@ def schema() -> Any:
         ("B_iso", pa.list_(pa.struct([("element", pa.string()), ("B_A2", pa.float64()), ("B_sem_A2", pa.float64())]))),
         ("static_cell", pa.string()),
         ("supercell", pa.list_(pa.int32())), ("n_atoms", pa.int32()), ("device", pa.string()),
+        ("instrument", pa.string()), ("wavelength_A", pa.float64()), ("instrument_params", INSTRUMENT_TYPE()),
         ("intensity", pa.list_(pa.float32())), ("intensity_bragg", pa.list_(pa.float32())),
     ])
+
+
+def INSTRUMENT_TYPE() -> Any:  # noqa: N802 - a type, built lazily (pyarrow import)
+    """The struct type of the ``instrument_params`` column: every field of
+    :class:`mdxrd.xrd.profiles.Instrument` but the name, and the source's lines."""
+    import pyarrow as pa
+
+    f64, lst = pa.float64(), pa.list_(pa.float64())
+    return pa.struct([
+        ("wavelength", pa.string()), ("lines_A", lst), ("line_weights", lst), ("sigma_deg", f64),
+        ("caglioti", lst), ("lorentzian", lst), ("eta", f64), ("size_nm", f64), ("scherrer_k", f64), ("strain", f64),
+        ("zero_shift_deg", f64), ("displacement_mm", f64), ("goniometer_radius_mm", f64), ("background", lst),
+        ("noise_counts", f64), ("noise_seed", pa.int64()), ("monochromator_two_theta_deg", f64),
+    ])
+
+
+def instrument_columns(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``instrument``, ``wavelength_A`` and ``instrument_params`` values of one condition (a config entry)."""
+    from mdxrd.xrd.profiles import Instrument
+
+    inst = Instrument.from_dict(spec)
+    params = inst.to_dict()
+    del params["name"]
+    params["wavelength"] = str(inst.wavelength)
+    params["lines_A"] = [lam for lam, _ in inst.lines]
+    params["line_weights"] = [w for _, w in inst.lines]
+    return {"instrument": inst.name, "wavelength_A": inst.lines[0][0], "instrument_params": params}
 
 
 def versions() -> dict[str, str]:
@@ -175,18 +214,19 @@ def _static_rows(section: dict[str, Any], info: dict[str, Any], results: str | P
     from pymatgen.core import Structure
 
     from mdxrd.config import LAYOUT
-    from mdxrd.structure import read_structure
+    from mdxrd.structure import read_checked_structure
 
     name = section["crystal"]["name"]
     static = np.load(Path(results) / LAYOUT["static"].format(crystal=name))
     if not np.array_equal(static["two_theta"], grid):
         raise ValueError(f"{LAYOUT['static'].format(crystal=name)}: 2theta grid differs from the runs'")
     cells = {"relaxed": Structure.from_file(str(Path(results) / LAYOUT["relaxed_cif"].format(crystal=name))),
-             "cif": read_structure(section["crystal"]["cif"])}
+             "cif": read_checked_structure(section["crystal"]["cif"])}
+    names = [str(n) for n in static["instrument"]]
     rows = []
     for cell, structure in cells.items():
         lat = structure.lattice
-        rows.append({
+        base = {
             "kind": "static", "formula": info["formula"], "space_group": info["space_group"],
             "space_group_number": info["space_group_number"], "static_cell": cell,
             "temperature_K": 0.0 if cell == "relaxed" else None,
@@ -194,15 +234,25 @@ def _static_rows(section: dict[str, Any], info: dict[str, Any], results: str | P
             "volume_A3": lat.volume,
             "energy_per_atom_eV": info["E0_eV_per_atom"] if cell == "relaxed" else None,
             "supercell": list(info["supercell"]),
-            "intensity": static[f"intensity_{cell}"].astype(np.float32),
-            "intensity_bragg": static[f"intensity_{cell}"].astype(np.float32),
-        })
+        }
+        for c, inst in enumerate(_conditions(section, names, LAYOUT["static"].format(crystal=name))):
+            rows.append({**base, **inst, "intensity": static[f"intensity_{cell}"][c].astype(np.float32),
+                         "intensity_bragg": static[f"intensity_bragg_{cell}"][c].astype(np.float32)})
     return rows
 
 
-def _run_rows(key: dict[str, Any], summary: dict[str, Any], grid: np.ndarray) -> list[dict[str, Any]]:
-    """The ``snapshot`` rows and the ``average`` row of one run (``key``: a run of the dataset section,
-    ``summary``: its snapshots summary)."""
+def _conditions(section: dict[str, Any], names: list[str], path: str | Path) -> list[dict[str, Any]]:
+    """The instrument columns of each condition of a patterns file, in its order; its names must be the config's."""
+    configured = [spec["name"] for spec in section["instrument"]]
+    if names != configured:
+        raise ValueError(f"{path}: instrument conditions {names} differ from the configuration's {configured}")
+    return [instrument_columns(spec) for spec in section["instrument"]]
+
+
+def _run_rows(section: dict[str, Any], key: dict[str, Any], summary: dict[str, Any], grid: np.ndarray
+              ) -> list[dict[str, Any]]:
+    """The ``snapshot`` rows and the ``average`` row of one run for each instrument condition (``key``: a run
+    of the dataset section, ``summary``: its snapshots summary)."""
     from ase.io import read
 
     run = read_json(key["run_info"])
@@ -224,15 +274,18 @@ def _run_rows(key: dict[str, Any], summary: dict[str, Any], grid: np.ndarray) ->
         "supercell": supercell, "n_atoms": run["n_atoms"], "device": run["device"],
     }
     labels = [_snapshot_labels(f, supercell) for f in frames]
-    rows = [{"kind": "snapshot", **common, "snapshot": i, "step": int(frame.info["step"]),
-             "time_fs": float(frame.info["time_fs"]), **lab,
-             "intensity": patterns["intensity"][i].astype(np.float32),
-             "intensity_bragg": patterns["intensity_bragg"][i].astype(np.float32)}
-            for i, (frame, lab) in enumerate(zip(frames, labels, strict=True))]
     mean = {k: float(np.mean([lab[k] for lab in labels])) for k in labels[0]}
-    rows.append({"kind": "average", **common, "snapshot": None, "step": None, "time_fs": None, **mean,
-                 "intensity": average["intensity"].astype(np.float32),
-                 "intensity_bragg": average["intensity_bragg"].astype(np.float32)})
+    rows = []
+    names = [str(n) for n in patterns["instrument"]]
+    for c, inst in enumerate(_conditions(section, names, key["patterns"])):
+        rows += [{"kind": "snapshot", **common, **inst, "snapshot": i, "step": int(frame.info["step"]),
+                  "time_fs": float(frame.info["time_fs"]), **lab,
+                  "intensity": patterns["intensity"][c, i].astype(np.float32),
+                  "intensity_bragg": patterns["intensity_bragg"][c, i].astype(np.float32)}
+                 for i, (frame, lab) in enumerate(zip(frames, labels, strict=True))]
+        rows.append({"kind": "average", **common, **inst, "snapshot": None, "step": None, "time_fs": None, **mean,
+                     "intensity": average["intensity"][c].astype(np.float32),
+                     "intensity_bragg": average["intensity_bragg"][c].astype(np.float32)})
     return rows
 
 
@@ -286,7 +339,7 @@ def write_part(section: dict[str, Any], results: str | Path, out: str | Path) ->
     n_rows = 0
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(str(tmp), sch.with_metadata(meta), compression="zstd") as writer:
-            for rows in (_static_rows(section, info, results, grid), *(_run_rows(k, summary, grid) for k, summary in kept)):
+            for rows in (_static_rows(section, info, results, grid), *(_run_rows(section, k, summary, grid) for k, summary in kept)):
                 writer.write_table(pa.Table.from_pylist([{**crystal_cols, **r} for r in rows], schema=sch))
                 n_rows += len(rows)
     return n_rows
@@ -297,7 +350,7 @@ def common_metadata(config: dict[str, Any]) -> dict[str, str]:
     import yaml
 
     from mdxrd.config import config_hash
-    from mdxrd.xrd import resolve_wavelength, two_theta_grid
+    from mdxrd.xrd import two_theta_grid
 
     x = config["xrd"]
     grid = two_theta_grid(x["two_theta_min"], x["two_theta_max"], x["two_theta_step"])
@@ -306,7 +359,6 @@ def common_metadata(config: dict[str, Any]) -> dict[str, str]:
         "mdxrd.config_sha256": config_hash(config),
         "mdxrd.versions": json.dumps(versions(), sort_keys=True),
         "mdxrd.two_theta_deg": json.dumps(grid.tolist()),
-        "mdxrd.wavelength_A": repr(resolve_wavelength(x["wavelength"])),
         "mdxrd.normalization": NORMALIZATION,
     }
 

@@ -1,7 +1,8 @@
 """Plots stage: the figures of one crystal for the Snakemake report (matplotlib, PNG).
 
 * ``patterns.png``: the averaged pattern of every run (one panel per ensemble, one line
-  per temperature) over the static pattern of the relaxed 0 K cell.
+  per temperature) over the static pattern of the relaxed 0 K cell. Patterns are those of
+  the first instrument condition.
 * ``zoom.png``: the strongest static reflection and every run's peak: the thermal peak shift
   (NPT: expansion moves the peak to lower 2theta) and the Debye-Waller decay of its height.
 * ``thermal.png``: a(T) (NPT snapshots' mean, and the 0 K relaxed cell) and B(T) per
@@ -243,12 +244,14 @@ def run_stage(name: str, static: str | Path, qc: str | Path, table: str | Path, 
     import matplotlib
 
     matplotlib.use("Agg")
-    st = dict(np.load(static))
+    # The figures show the first instrument condition (config instrument[0]).
+    st = {k: (v[0] if k.startswith("intensity") else v) for k, v in np.load(static).items()}
     loaded = []
     for r in runs:
         avg = np.load(r["average"])
         summary = read_json(r["snapshots_summary"])
-        loaded.append({**r, "n_atoms": read_json(r["run_info"])["n_atoms"], "two_theta": avg["two_theta"], "intensity": avg["intensity"], "T_K": summary["window_T_K"],
+        loaded.append({**r, "n_atoms": read_json(r["run_info"])["n_atoms"], "two_theta": avg["two_theta"],
+                       "intensity": avg["intensity"][0], "T_K": summary["window_T_K"],
                        "n_equil": md["n_equil"], "timestep_fs": md["timestep_fs"]})
     plot_patterns(name, st, loaded, outputs["patterns"])
     plot_zoom(name, st, loaded, outputs["zoom"])

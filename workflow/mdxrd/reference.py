@@ -12,20 +12,22 @@ Steps
    V0, bulk modulus B0 = V d2E/dV2 at V0 (GPa) and its pressure derivative B0'.
 3. The relaxed lattice parameters a, b, c against the CIF's, in %.
 4. The static patterns (0 K, no displacement; B = 0, Bragg reflections only) of the
-   relaxed cell and of the CIF cell, on the workflow's 2theta grid with its
-   instrument Gaussian (:func:`mdxrd.xrd.diffract_structure`,
-   :func:`mdxrd.xrd.broaden`): every thermal pattern then has its reference.
+   relaxed cell and of the CIF cell, on the workflow's 2theta grid for each
+   instrument condition (:func:`mdxrd.xrd.diffract_structure`,
+   :func:`mdxrd.xrd.powder_pattern`): every thermal pattern then has its reference.
 
 Outputs: ``reference.json`` (the figures above and the E(V) points) and
-``static.npz`` (two_theta (n_grid,), intensity_relaxed and intensity_cif (n_grid,)
-float64, per degree 2theta per unit cell, the same normalization as the MD
-patterns' parent cell).
+``static.npz`` (two_theta (n_grid,), instrument (n_cond,) names, intensity_relaxed and
+intensity_cif (n_cond, n_grid) float64 with each condition's background and noise,
+intensity_bragg_relaxed and intensity_bragg_cif without; per degree 2theta per unit
+cell, the same normalization as the MD patterns' parent cell).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,8 +129,8 @@ def birch_murnaghan(volumes_A3: np.ndarray, energies_eV: np.ndarray) -> dict[str
             "fit_rms_meV": float(np.sqrt(np.mean(residual**2)) * 1000.0)}
 
 
-def static_pattern(structure: Any, grid: np.ndarray, wavelength: float | str, sigma_deg: float) -> np.ndarray:
-    """Static (0 K, atoms at their sites, B = 0) powder pattern of one cell on ``grid``.
+def static_pattern(structure: Any, grid: np.ndarray, instruments: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Static (0 K, atoms at their sites, B = 0) powder patterns of one cell on ``grid``, one per condition.
 
     Parameters
     ----------
@@ -136,21 +138,23 @@ def static_pattern(structure: Any, grid: np.ndarray, wavelength: float | str, si
         pymatgen Structure or ASE Atoms (the cell the intensity is normalized to).
     grid
         (n_grid,) uniform 2theta grid, degrees.
-    wavelength
-        Angstrom or a name of :data:`mdxrd.xrd.WAVELENGTHS`.
-    sigma_deg
-        Instrument Gaussian standard deviation, degrees 2theta.
+    instruments
+        Conditions (:class:`mdxrd.xrd.profiles.Instrument` or config mappings).
 
     Returns
     -------
-    numpy.ndarray
-        (n_grid,) float64, intensity per degree 2theta per cell (electrons^2), all Bragg.
+    (observed, clean)
+        (n_cond, n_grid) float64 each, intensity per degree 2theta per cell (electrons^2), all
+        Bragg: with the condition's background and noise, and without
+        (:func:`mdxrd.xrd.profiles.powder_pattern`, :func:`mdxrd.xrd.profiles.observed_pattern`).
     """
-    from mdxrd.xrd import broaden, diffract_structure, extended_range
+    from mdxrd.xrd import diffract_structure, instruments_of, kernel_settings, observed_pattern, powder_pattern
 
-    refl = diffract_structure(structure, wavelength=wavelength,
-                              two_theta_range=extended_range((grid[0], grid[-1]), sigma_deg))
-    return broaden(np.asarray(refl.two_theta), np.asarray(refl.intensity), grid, sigma_deg)
+    insts = instruments_of(instruments)
+    lam, ext = kernel_settings(insts, (grid[0], grid[-1]))
+    refl = diffract_structure(structure, wavelength=lam, two_theta_range=ext)
+    clean = np.stack([powder_pattern(refl, refl.intensity, grid, lam, inst)[0] for inst in insts])
+    return np.stack([observed_pattern(inst, y, grid) for inst, y in zip(insts, clean)]), clean
 
 
 def lattice_deviation(relaxed: Any, experimental: Any) -> dict[str, float]:
@@ -184,7 +188,7 @@ def run_stage(cif: str | Path, relaxed_cif: str | Path, structure_info: str | Pa
     params
         :class:`ReferenceParams`.
     xrd
-        wavelength, two_theta_range (min, max), two_theta_step, sigma_deg of the workflow.
+        two_theta_range (min, max), two_theta_step and instrument (the conditions) of the workflow.
 
     Returns
     -------
@@ -203,12 +207,12 @@ def run_stage(cif: str | Path, relaxed_cif: str | Path, structure_info: str | Pa
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from mdxrd.calculator import make_calculator
-    from mdxrd.structure import read_structure
+    from mdxrd.structure import read_checked_structure
     from mdxrd.xrd import two_theta_grid
 
     torch.set_num_threads(params.threads)
     info = read_json(structure_info)
-    experimental = read_structure(cif)
+    experimental = read_checked_structure(cif)
     relaxed = Structure.from_file(str(relaxed_cif))
     calc = make_calculator("fast", device=params.device)
     volumes, energies = eos_scan(AseAtomsAdaptor.get_atoms(relaxed), calc, params)
@@ -219,8 +223,9 @@ def run_stage(cif: str | Path, relaxed_cif: str | Path, structure_info: str | Pa
     log.info("%s: relaxed a, b, c are %+.2f %%, %+.2f %%, %+.2f %% off the CIF's", info["name"], deviation["a_pct"],
              deviation["b_pct"], deviation["c_pct"])
     grid = two_theta_grid(xrd["two_theta_range"][0], xrd["two_theta_range"][1], xrd["two_theta_step"])
-    patterns = {f"intensity_{name}": static_pattern(s, grid, xrd["wavelength"], xrd["sigma_deg"])
-                for name, s in (("relaxed", relaxed), ("cif", experimental))}
+    patterns: dict[str, np.ndarray] = {}
+    for name, s in (("relaxed", relaxed), ("cif", experimental)):
+        patterns[f"intensity_{name}"], patterns[f"intensity_bragg_{name}"] = static_pattern(s, grid, xrd["instrument"])
 
     def lattice(s: Any) -> dict[str, float]:
         lat = s.lattice
@@ -236,7 +241,7 @@ def run_stage(cif: str | Path, relaxed_cif: str | Path, structure_info: str | Pa
     }
     with atomic_path(static_out) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, two_theta=grid, **patterns)
+            np.savez(fh, two_theta=grid, instrument=np.array([i["name"] for i in xrd["instrument"]]), **patterns)
     write_json(reference_out, record)
     return record
 
@@ -250,7 +255,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-out", required=True, help="JSON record")
     p.add_argument("--static-out", required=True, help="npz of the static patterns")
     p.add_argument("--params", default="{}", help="JSON object of ReferenceParams fields")
-    p.add_argument("--xrd", required=True, help="JSON: wavelength, two_theta_range, two_theta_step, sigma_deg")
+    p.add_argument("--xrd", required=True, help="JSON: two_theta_range, two_theta_step, instrument")
     p.set_defaults(func=_main)
 
 

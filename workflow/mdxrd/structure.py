@@ -39,7 +39,7 @@ class StructureError(ValueError):
     """A structure file that cannot be used: unreadable, disordered, unknown element, too big."""
 
 
-def read_structure(path: str | Path) -> Any:
+def read_checked_structure(path: str | Path) -> Any:
     """Read and check a crystal structure file (CIF or any format pymatgen reads).
 
     Parameters
@@ -171,7 +171,7 @@ def run_stage(cif: str | Path, cif_out: str | Path, supercell_out: str | Path, i
     from mdxrd.xrd import centring_translations
 
     torch.set_num_threads(params.threads)
-    structure = read_structure(cif)
+    structure = read_checked_structure(cif)
     check_supercell_size(len(structure), params.supercell, params.max_atoms, f"crystal {name} ({cif})")
     atoms = AseAtomsAdaptor.get_atoms(structure)
     energy = float("nan")
