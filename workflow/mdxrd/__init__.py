@@ -1,8 +1,8 @@
 """mdxrd: physics-based powder XRD training data from CHGNet molecular dynamics.
 
-Stages (one module each, one Snakemake rule file each): ``structure``, ``md``,
-``snapshots``, ``xrd``, ``average``, ``dataset``. ``mdxrd.cli`` is the
-command-line interface.
+Stages (one module or package each, one Snakemake rule file each): ``structure``,
+``reference``, ``md``, ``snapshots``, ``xrd`` (kernel, instrument profiles, stage, CLI),
+``qc``, ``plots``, ``dataset``. ``mdxrd.cli`` is the command-line interface.
 """
 
 __version__ = "0.1.0"
