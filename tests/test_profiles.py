@@ -235,3 +235,14 @@ def test_bad_conditions_are_named() -> None:
     with pytest.raises(ValueError, match="<= 0 at 2theta"):
         Instrument(sigma_deg=None, caglioti=(0.0, -0.1, 0.001)).check((10.0, 90.0))
     assert Instrument.from_dict({"name": "c", "caglioti": [0, 0, 0.01]}, {"sigma_deg": 0.3}).sigma_deg is None
+
+
+def test_monochromator_polarization() -> None:
+    theta = np.radians(np.array([10.0, 30.0, 55.0]))
+    plain = lorentz_polarization(theta)
+    np.testing.assert_allclose(lorentz_polarization(theta, 0.0), plain, rtol=1e-14)  # 2theta_M = 0: unpolarized
+    # 2theta_M = 90 deg: cos^2 2theta_M = 0, the polarization term is constant (2 in this normalization)
+    np.testing.assert_allclose(lorentz_polarization(theta, 90.0), 2 / (np.sin(theta) ** 2 * np.cos(theta)), rtol=1e-12)
+    m = math.cos(math.radians(26.6)) ** 2  # graphite (002), Cu K-alpha (Azaroff 1955)
+    expected = 2 * (1 + m * np.cos(2 * theta) ** 2) / (1 + m) / (np.sin(theta) ** 2 * np.cos(theta))
+    np.testing.assert_allclose(lorentz_polarization(theta, 26.6), expected, rtol=1e-12)
