@@ -10,7 +10,7 @@ $(BIN)/mdxrd: pyproject.toml envs/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c envs/constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c envs/constraints.txt -e '.[test,sevennet]'
 	touch $@
 
 install: $(BIN)/mdxrd

@@ -300,3 +300,38 @@ def test_tiny_run_qc_and_report(tiny_run):
 
     # the plots are embedded (base64), not linked
     assert base64.b64encode((work / "results" / "plots" / "Cu" / "zoom.png").read_bytes())[:200].decode() in page
+
+
+@pytest.mark.slow
+def test_two_potentials_give_two_labelled_sets_of_rows(tmp_path):
+    """potentials: [chgnet, sevennet-0]: every crystal runs with both; the dataset labels the rows."""
+    pytest.importorskip("sevenn")
+    import pandas as pd
+
+    cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+    for c in cfg["crystals"]:
+        c["cif"] = str(REPO / c["cif"])
+    cfg.update(potentials=["chgnet", "sevennet-0"], ensembles=["npt_berendsen"], instrument=[{"name": "default"}])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
+                          str(tmp_path / "config.yaml"), "--cores", "2"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-5000:]
+    df, grid, meta = read_dataset(tmp_path / "results" / "dataset")
+    n_snap = len(range(10 + 5, 20 + 1, 5))
+    assert df.groupby("potential").size().to_dict() == {"chgnet": 2 + n_snap + 1, "sevennet-0": 2 + n_snap + 1}
+    assert set(df.crystal) == {"Cu"} and df.split.nunique() == 1  # one crystal, one split for both
+    versions = df.groupby("potential").potential_version.first().to_dict()
+    import importlib.metadata
+
+    assert versions == {"chgnet": importlib.metadata.version("chgnet"), "sevennet-0": "0.13.0"}
+    assert df.groupby("potential").potential_model_sha256.nunique().to_dict() == {"chgnet": 1, "sevennet-0": 1}
+    # two potentials, two physics: different relaxed cells and different MD
+    relaxed = df[(df.kind == "static") & (df.static_cell == "relaxed")].set_index("potential").a
+    assert relaxed["chgnet"] != relaxed["sevennet-0"] and abs(relaxed["chgnet"] / relaxed["sevennet-0"] - 1) < 0.03
+    runs = json.loads((tmp_path / "results" / "md" / "Cu@sevennet-0" / "npt_berendsen" / "300K" / "r0" /
+                       "run.json").read_text())
+    assert runs["calculator"] == "SevenNetCalculator" and runs["potential"] == "sevennet-0"
+    table = pd.read_csv(tmp_path / "results" / "qc" / "potentials.csv")
+    assert {"chgnet value", "sevennet-0 value", "reference"} <= set(table.columns)
+    a0 = table[table.quantity.str.startswith("a relaxed")].iloc[0]
+    assert a0["chgnet value"] == pytest.approx(relaxed["chgnet"]) and a0["reference"] == pytest.approx(3.615, abs=0.01)

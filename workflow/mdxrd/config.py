@@ -40,6 +40,8 @@ LAYOUT = {
     "static": "reference/{crystal}/static.npz",
     "qc": "qc/{crystal}/qc.json",
     "qc_table": "qc/{crystal}/qc.parquet",
+    "qc_potentials": "qc/potentials.html",
+    "qc_potentials_csv": "qc/potentials.csv",
     "plot_patterns": "plots/{crystal}/patterns.png",
     "plot_zoom": "plots/{crystal}/zoom.png",
     "plot_thermal": "plots/{crystal}/thermal.png",
@@ -100,32 +102,52 @@ class RunKey:
 
 
 def runs(config: dict[str, Any], name: str | None = None) -> list[RunKey]:
-    """The run grid in a fixed order: crystals (config order) x ensembles x temperatures x replicas.
+    """The run grid in a fixed order: crystals (config order) x potentials x ensembles x temperatures x replicas.
 
-    With ``name``, only the runs of that crystal.
+    The ``crystal`` of a run is a unit name (:func:`units`). With ``name`` (a unit name), only its runs.
     """
-    crystals = [c["name"] for c in config["crystals"]] if name is None else [name]
+    crystals = [u["name"] for u in units(config)] if name is None else [name]
     return [RunKey(c, e, float(t), r)
             for c, e, t, r in itertools.product(crystals, config["ensembles"], config["temperatures_K"],
                                                 range(config["replicas"]))]
 
 
-_INDEX: tuple[Any, dict[str, dict[str, Any]]] = (None, {})
+_INDEX: tuple[Any, list[dict[str, Any]], dict[str, dict[str, Any]]] = (None, [], {})
+
+
+def units(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every crystal with every potential, in config order: the crystal's entry with ``name`` the
+    unit name (:func:`mdxrd.potentials.unit_name`: ``Si``, ``Si@sevennet-0``), ``crystal`` the
+    crystal's name and ``potential`` the resolved potential. Each unit has its own structure,
+    reference, MD runs, QC and plots; the dataset part of a crystal holds all its units."""
+    from mdxrd.potentials import unit_name
+
+    global _INDEX
+    key = (id(config["crystals"]), id(config["potentials"]), len(config["crystals"]))
+    if _INDEX[0] != key:
+        table = [{**c, "name": unit_name(c["name"], p["name"]), "crystal": c["name"], "potential": p}
+                 for c in config["crystals"] for p in config["potentials"]]
+        _INDEX = (key, table, {u["name"]: u for u in table})
+    return _INDEX[1]
 
 
 def crystal(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The crystals-table entry called ``name`` (a dict lookup: thousands of crystals are common).
+    """The unit called ``name`` (:func:`units`; a dict lookup: thousands of crystals are common).
 
     Raises
     ------
     KeyError
-        No crystal of that name.
+        No unit of that name.
     """
-    global _INDEX
-    table = config["crystals"]
-    if _INDEX[0] is not table or len(_INDEX[1]) != len(table):
-        _INDEX = (table, {c["name"]: c for c in table})
-    return _INDEX[1][name]
+    units(config)
+    return _INDEX[2][name]
+
+
+def crystal_units(config: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The units of crystal ``name`` (one per potential)."""
+    from mdxrd.potentials import unit_name
+
+    return [crystal(config, unit_name(name, p["name"])) for p in config["potentials"]]
 
 
 def md_params(config: dict[str, Any], key: RunKey) -> dict[str, Any]:
@@ -149,6 +171,7 @@ def md_params(config: dict[str, Any], key: RunKey) -> dict[str, Any]:
         "thermo_interval": md["thermo_interval"],
         "checkpoint_interval": md["checkpoint_interval"],
         "seed": run_seed(config["seed"], key.crystal, key.ensemble, key.temperature_K, key.replica),
+        "potential": xtal["potential"],
         "device": md["device"],
         "threads": md["threads"],
         "calculator": md["calculator"],
@@ -163,7 +186,8 @@ def structure_params(config: dict[str, Any], name: str) -> dict[str, Any]:
     s = config["structure"]
     return {"supercell": list(crystal(config, name)["supercell"]), "relax": s["relax"],
             "fmax_eV_per_A": s["fmax_eV_per_A"], "relax_max_steps": s["relax_max_steps"],
-            "max_atoms": s["max_atoms"], "device": config["md"]["device"], "threads": config["md"]["threads"]}
+            "max_atoms": s["max_atoms"], "device": config["md"]["device"], "threads": config["md"]["threads"],
+            "potential": crystal(config, name)["potential"]}
 
 
 def snapshot_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -174,12 +198,12 @@ def snapshot_params(config: dict[str, Any]) -> dict[str, Any]:
                                                      "pressure_tolerance_GPa", "volume_drift_tolerance")}}
 
 
-def reference_params(config: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :class:`mdxrd.reference.ReferenceParams`."""
+def reference_params(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """Keyword arguments of :class:`mdxrd.reference.ReferenceParams` for unit ``name``."""
     r = config["reference"]
     return {"eos_volume_range": r["eos_volume_range"], "eos_points": r["eos_points"],
             "fmax_eV_per_A": config["structure"]["fmax_eV_per_A"], "device": config["md"]["device"],
-            "threads": config["md"]["threads"]}
+            "threads": config["md"]["threads"], "potential": crystal(config, name)["potential"]}
 
 
 def crystal_runs(config: dict[str, Any], name: str, kinds: tuple[str, ...], results: str | Path = "results"
@@ -226,28 +250,38 @@ PARAM_STAGES = ("structure", "reference", "snapshots", "xrd", "qc", "plots", "da
 def crystal_params(config: dict[str, Any], name: str, results: str | Path = "results") -> dict[str, Any]:
     """Every parameter file of crystal ``name``: {path relative to results/: content}.
 
-    One file per stage (:data:`PARAM_STAGES`; ``reference`` holds ``reference`` and
-    ``xrd``; ``qc`` holds ``runs``, ``crystal`` and ``tolerances``; ``plots`` holds ``runs``
-    and ``md``; ``dataset`` holds ``crystal``, ``split``, ``drop_melted``, ``instrument`` and ``runs``) and
-    one per MD run. Nothing in them depends on the other crystals, so adding crystals
-    leaves the existing files as they are.
+    For each of its units (one per potential, :func:`units`) one file per stage
+    (:data:`PARAM_STAGES` but ``dataset``; ``reference`` holds ``reference`` and ``xrd``;
+    ``qc`` holds ``runs``, ``crystal`` and ``tolerances``; ``plots`` holds ``runs`` and
+    ``md``) and one per MD run; and the crystal's ``dataset`` file (``crystal``, ``split``,
+    ``drop_melted``, ``instrument`` and ``units``: name, potential and runs of each unit).
+    Nothing in them depends on the other crystals, so adding crystals leaves the existing
+    files as they are.
     """
-    entry = crystal(config, name)
     md = config["md"]
-    stages = {
-        "structure": structure_params(config, name),
-        "reference": {"reference": reference_params(config), "xrd": xrd_params(config)},
-        "snapshots": snapshot_params(config),
-        "xrd": xrd_params(config, name),
-        "qc": {"runs": crystal_runs(config, name, QC_KINDS, results), "crystal": entry, "tolerances": config["qc"]},
-        "plots": {"runs": crystal_runs(config, name, PLOT_KINDS, results),
-                  "md": {k: md[k] for k in ("n_equil", "timestep_fs")}},
-        "dataset": {"crystal": entry, "split": split_of(config["seed"], name, config["dataset"]["split"]),
-                    "drop_melted": config["dataset"]["drop_melted"], "instrument": config["instrument"],
-                    "runs": crystal_runs(config, name, DATASET_KINDS, results)},
-    }
-    files = {LAYOUT["params"].format(crystal=name, stage=stage): data for stage, data in stages.items()}
-    files.update({LAYOUT["params_md"].format(**k.wildcards): md_params(config, k) for k in runs(config, name)})
+    files: dict[str, Any] = {}
+    dataset_units = []
+    for entry in crystal_units(config, name):
+        unit = entry["name"]
+        stages = {
+            "structure": structure_params(config, unit),
+            "reference": {"reference": reference_params(config, unit), "xrd": xrd_params(config)},
+            "snapshots": snapshot_params(config),
+            "xrd": xrd_params(config, unit),
+            "qc": {"runs": crystal_runs(config, unit, QC_KINDS, results), "crystal": entry,
+                   "tolerances": config["qc"]},
+            "plots": {"runs": crystal_runs(config, unit, PLOT_KINDS, results),
+                      "md": {k: md[k] for k in ("n_equil", "timestep_fs")}},
+        }
+        files.update({LAYOUT["params"].format(crystal=unit, stage=stage): data for stage, data in stages.items()})
+        files.update({LAYOUT["params_md"].format(**k.wildcards): md_params(config, k) for k in runs(config, unit)})
+        dataset_units.append({"name": unit, "potential": entry["potential"],
+                              "runs": crystal_runs(config, unit, DATASET_KINDS, results)})
+    table_entry = {k: v for k, v in crystal_units(config, name)[0].items() if k not in ("crystal", "potential")}
+    table_entry["name"] = name
+    files[LAYOUT["params"].format(crystal=name, stage="dataset")] = {
+        "crystal": table_entry, "split": split_of(config["seed"], name, config["dataset"]["split"]),
+        "drop_melted": config["dataset"]["drop_melted"], "instrument": config["instrument"], "units": dataset_units}
     return files
 
 
@@ -418,6 +452,7 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
         raise ConfigError(f"{source}: xrd.two_theta_min: {x['two_theta_min']} must be below "
                           f"xrd.two_theta_max = {x['two_theta_max']}")
     config["instrument"] = _resolve_instruments(config, source)
+    config["potentials"] = _resolve_potentials(config, source)
     split = config["dataset"]["split"]
     if abs(sum(split.values()) - 1.0) > 1e-9:
         raise ConfigError(f"{source}: dataset.split: the fractions {split} must add up to 1")
@@ -439,6 +474,24 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
             raise ConfigError(f"{source}: crystals: every crystal exceeds structure.max_atoms")
         config["crystals"] = kept
     return config
+
+
+def _resolve_potentials(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    """The potentials, each checked (package importable, weights on disk) and resolved
+    (:func:`mdxrd.potentials.resolve_potential`); names unique."""
+    from mdxrd.potentials import PotentialError, resolve_potential
+
+    resolved = []
+    for i, spec in enumerate(config["potentials"]):
+        try:
+            resolved.append(resolve_potential(spec))
+        except PotentialError as err:
+            raise ConfigError(f"{source}: potentials[{i}]: {err}") from None
+    names = [p["name"] for p in resolved]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{source}: potentials: names must be unique, {', '.join(dup)} appears more than once")
+    return resolved
 
 
 def _resolve_instruments(config: dict[str, Any], source: str) -> list[dict[str, Any]]:

@@ -28,6 +28,9 @@ static_cell           string   static rows: "relaxed" (CHGNet 0 K cell) or "cif"
 crystal               dictionary<int32, string>  crystal name from the config (also the hive key)
 split                 string   "train", "validation" or "test", per crystal (mdxrd.config.split_of)
 cif_sha256            string   SHA-256 of the crystal's structure file
+potential             string   the interatomic potential of the row (config potentials, mdxrd.potentials)
+potential_version     string   its package's version (chgnet, sevenn, ...)
+potential_model_sha256  string SHA-256 of its model file (null for a generic calculator without model_file)
 formula               string   reduced formula
 space_group           string   Hermann-Mauguin symbol of the (relaxed) unit cell
 space_group_number    int32
@@ -119,6 +122,7 @@ def schema() -> Any:
 
     return pa.schema([
         ("kind", pa.string()), ("crystal", pa.dictionary(pa.int32(), pa.string())), ("split", pa.string()),
+        ("potential", pa.string()), ("potential_version", pa.string()), ("potential_model_sha256", pa.string()),
         ("cif_sha256", pa.string()), ("formula", pa.string()), ("space_group", pa.string()),
         ("space_group_number", pa.int32()), ("ensemble", pa.string()), ("temperature_K", pa.float64()),
         ("pressure_GPa", pa.float64()), ("replica", pa.int32()), ("seed", pa.int64()), ("snapshot", pa.int32()),
@@ -208,15 +212,15 @@ RUN_FIGURES = ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa", "
                "tau_int_E_pot_fs", "n_independent_snapshots")
 
 
-def _static_rows(section: dict[str, Any], info: dict[str, Any], results: str | Path, grid: np.ndarray
+def _static_rows(section: dict[str, Any], name: str, info: dict[str, Any], results: str | Path, grid: np.ndarray
                  ) -> list[dict[str, Any]]:
-    """Two ``static`` rows of a crystal (``info``: its structure.json): the 0 K patterns of the relaxed and CIF cells."""
+    """Two ``static`` rows per condition of unit ``name`` (``info``: its structure.json): the 0 K patterns of
+    the relaxed and CIF cells."""
     from pymatgen.core import Structure
 
     from mdxrd.config import LAYOUT
     from mdxrd.structure import read_checked_structure
 
-    name = section["crystal"]["name"]
     static = np.load(Path(results) / LAYOUT["static"].format(crystal=name))
     if not np.array_equal(static["two_theta"], grid):
         raise ValueError(f"{LAYOUT['static'].format(crystal=name)}: 2theta grid differs from the runs'")
@@ -296,8 +300,9 @@ def write_part(section: dict[str, Any], results: str | Path, out: str | Path) ->
     ----------
     section
         The crystal's ``dataset`` parameters (:func:`mdxrd.config.crystal_params`): ``crystal``
-        (its config entry), ``split``, ``drop_melted`` and ``runs`` (ensemble, temperature_K,
-        replica, supercell and the paths of each run's outputs).
+        (its config entry), ``split``, ``drop_melted``, ``instrument`` and ``units`` (one per
+        potential: name, resolved potential and runs: ensemble, temperature_K, replica,
+        supercell and the paths of each run's outputs).
     results
         Results root of the per-crystal outputs (structure, reference).
     out
@@ -319,29 +324,37 @@ def write_part(section: dict[str, Any], results: str | Path, out: str | Path) ->
 
     entry = section["crystal"]
     name = entry["name"]
-    info = read_json(Path(results) / LAYOUT["structure_info"].format(crystal=name))
-    crystal_cols = {"crystal": name, "split": section["split"], "cif_sha256": entry["cif_sha256"],
-                    "formula": info["formula"], "space_group": info["space_group"],
-                    "space_group_number": info["space_group_number"]}
     sch = schema()
-    kept = []
-    for key in section["runs"]:
-        summary = read_json(key["snapshots_summary"])
-        if section["drop_melted"] and summary["melted"]:
-            log.warning("dropping %s: melted (Lindemann ratio %.3f)", Path(key["snapshots"]).parent,
-                        summary["lindemann_ratio"])
-            continue
-        kept.append((key, summary))
+    kept: list[tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]] = []
+    for unit in section["units"]:
+        unit_runs = []
+        for key in unit["runs"]:
+            summary = read_json(key["snapshots_summary"])
+            if section["drop_melted"] and summary["melted"]:
+                log.warning("dropping %s: melted (Lindemann ratio %.3f)", Path(key["snapshots"]).parent,
+                            summary["lindemann_ratio"])
+                continue
+            unit_runs.append((key, summary))
+        if unit_runs:
+            kept.append((unit, unit_runs))
     if not kept:
         raise ValueError(f"crystal {name}: no run left for the dataset (all dropped as melted)")
-    grid = np.load(kept[0][0]["patterns"])["two_theta"]
+    grid = np.load(kept[0][1][0][0]["patterns"])["two_theta"]
     meta = {"mdxrd.versions": json.dumps(versions(), sort_keys=True), "mdxrd.two_theta_deg": json.dumps(grid.tolist())}
     n_rows = 0
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(str(tmp), sch.with_metadata(meta), compression="zstd") as writer:
-            for rows in (_static_rows(section, info, results, grid), *(_run_rows(section, k, summary, grid) for k, summary in kept)):
-                writer.write_table(pa.Table.from_pylist([{**crystal_cols, **r} for r in rows], schema=sch))
-                n_rows += len(rows)
+            for unit, unit_runs in kept:
+                info = read_json(Path(results) / LAYOUT["structure_info"].format(crystal=unit["name"]))
+                pot = unit["potential"]
+                unit_cols = {"crystal": name, "split": section["split"], "cif_sha256": entry["cif_sha256"],
+                             "formula": info["formula"], "space_group": info["space_group"],
+                             "space_group_number": info["space_group_number"], "potential": pot["name"],
+                             "potential_version": pot["version"], "potential_model_sha256": pot["model_sha256"]}
+                for rows in (_static_rows(section, unit["name"], info, results, grid),
+                             *(_run_rows(section, k, summary, grid) for k, summary in unit_runs)):
+                    writer.write_table(pa.Table.from_pylist([{**unit_cols, **r} for r in rows], schema=sch))
+                    n_rows += len(rows)
     return n_rows
 
 

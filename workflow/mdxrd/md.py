@@ -184,6 +184,7 @@ class MDParams:
     equil_taup_fs: float = 20.0
     npt_cell: str = "auto"
     progress_interval: int = 50
+    potential: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ensemble", Ensemble(self.ensemble))
@@ -339,12 +340,13 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
     from ase.io.trajectory import Trajectory
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-    from mdxrd.calculator import make_calculator, resolve_device
+    from mdxrd.calculator import resolve_device
+    from mdxrd.potentials import make_potential
 
     torch.set_num_threads(params.threads)
     out_dir = Path(out_dir)
     atoms = atoms.copy()
-    atoms.calc = calc if calc is not None else make_calculator(params.calculator, device=params.device)
+    atoms.calc = calc if calc is not None else make_potential(params.potential, params.device, params.calculator)
     n = len(atoms)
     equilibration: dict[str, Any] = {
         "start_temperature_K": params.start_temperature_factor * params.temperature_K,
@@ -483,6 +485,7 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         "s_per_step": wall / max(1, params.n_steps - start),
         "resumed_from_step": start,
         "calculator": type(atoms.calc).__name__,
+        "potential": (params.potential or {"name": "chgnet"})["name"],
         "equilibration": equilibration,
     }
     write_json(out_dir / "run.json", record)

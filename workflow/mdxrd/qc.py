@@ -269,8 +269,72 @@ def run_stage(reference: str | Path, run_dirs: list[dict[str, Any]], crystal: di
     return {**figures, "checks": rows}
 
 
+#: The checks :func:`compare_potentials` puts side by side (check name -> quantity, unit).
+COMPARED = {"relaxed_vs_cif_a": ("a relaxed 0 K vs CIF", "A"), "lattice_constant_vs_experiment": ("a(T_ref) NPT", "A"),
+            "alpha_L_vs_experiment": ("alpha_L", "1/K"), "bulk_modulus_vs_experiment": ("B0 (0 K BM3)", "GPa")}
+
+
+def compare_potentials(config: dict[str, Any], results: str | Path = "results") -> Any:
+    """The potentials side by side against experiment, from every unit's QC table.
+
+    One row per crystal and quantity (the checks of :data:`COMPARED` and every
+    ``B_iso_<el>_vs_experiment``), one value column and one deviation column (%) per
+    potential, and the reference (experiment, or the CIF for the relaxed a).
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    import pandas as pd
+
+    from mdxrd.config import LAYOUT, units
+
+    frames = []
+    for unit in units(config):
+        table = pd.read_parquet(Path(results) / LAYOUT["qc_table"].format(crystal=unit["name"]))
+        table = table[table["check"].isin(list(COMPARED)) | table["check"].str.match(r"B_iso_\w+_vs_experiment")]
+        frames.append(table.assign(crystal=unit["crystal"], potential=unit["potential"]["name"]))
+    rows = pd.concat(frames, ignore_index=True)
+
+    def quantity(check: str) -> str:
+        if check in COMPARED:
+            return f"{COMPARED[check][0]} ({COMPARED[check][1]})"
+        return f"B_iso {check.split('_')[2]} (A^2)"
+
+    rows["quantity"] = rows["check"].map(quantity)
+    rows["deviation_pct"] = 100.0 * rows["deviation"]
+    order = {c["name"]: i for i, c in enumerate(config["crystals"])}
+    wide = rows.pivot_table(index=["crystal", "quantity"], columns="potential", values=["value", "deviation_pct"],
+                            aggfunc="first", dropna=False)
+    wide.columns = [f"{pot} {'value' if what == 'value' else 'dev %'}" for what, pot in wide.columns]
+    potentials = [p["name"] for p in config["potentials"]]
+    wide = wide[[f"{p} {w}" for p in potentials for w in ("value", "dev %") if f"{p} {w}" in wide.columns]]
+    ref = rows.groupby(["crystal", "quantity"])["reference"].first()
+    wide.insert(0, "reference", ref)
+    wide = wide.reset_index()
+    return wide.sort_values(["crystal", "quantity"], key=lambda s: s.map(order) if s.name == "crystal" else s,
+                            ignore_index=True)
+
+
+def write_comparison(config: dict[str, Any], results: str | Path, csv_out: str | Path, html_out: str | Path) -> Any:
+    """Write :func:`compare_potentials` as CSV and as an HTML table (the report's "potentials" page)."""
+    table = compare_potentials(config, results)
+    with atomic_path(csv_out) as tmp:
+        table.to_csv(tmp, index=False)
+    html = table.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="")
+    with atomic_path(html_out) as tmp:
+        Path(tmp).write_text(f"<html><body><h3>Potentials against experiment</h3>{html}</body></html>")
+    return table
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mdxrd qc`` (the workflow's QC stage)."""
+    """Register ``mdxrd qc`` (the workflow's QC stage) and ``mdxrd qc-potentials``."""
+    c = subparsers.add_parser("qc-potentials", help="QC stage: every potential side by side against experiment")
+    c.add_argument("--config", required=True, help="the resolved configuration (results/params/config.json)")
+    c.add_argument("--results", default="results")
+    c.add_argument("--csv-out", required=True)
+    c.add_argument("--html-out", required=True)
+    c.set_defaults(func=_compare_main)
     p = subparsers.add_parser("qc", help="QC stage: thermal expansion, B(T), experiment, pass/warn table")
     p.add_argument("--reference", required=True, help="the reference stage's reference.json")
     p.add_argument("--runs", required=True,
@@ -280,6 +344,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--qc-out", required=True)
     p.add_argument("--table-out", required=True)
     p.set_defaults(func=_main)
+
+
+def _compare_main(args: argparse.Namespace) -> int:
+    write_comparison(read_json(args.config), args.results, args.csv_out, args.html_out)
+    return 0
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ class ReferenceParams:
     fmax_eV_per_A : force criterion of the fixed-cell relaxation at each volume, eV/Angstrom.
     relax_max_steps : FIRE step limit at each volume.
     device, threads : torch device and CPU threads for CHGNet.
+    potential : the resolved potential (:func:`mdxrd.potentials.resolve_potential`); None: CHGNet.
     """
 
     eos_volume_range: float = 0.06
@@ -61,6 +62,7 @@ class ReferenceParams:
     relax_max_steps: int = 100
     device: str = "auto"
     threads: int = 1
+    potential: dict[str, Any] | None = None
 
 
 def eos_scan(atoms: Any, calc: Any, params: ReferenceParams) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +208,7 @@ def run_stage(cif: str | Path, relaxed_cif: str | Path, structure_info: str | Pa
     from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from mdxrd.calculator import make_calculator
+    from mdxrd.potentials import make_potential
     from mdxrd.structure import read_checked_structure
     from mdxrd.xrd import two_theta_grid
 
@@ -214,7 +216,7 @@ def run_stage(cif: str | Path, relaxed_cif: str | Path, structure_info: str | Pa
     info = read_json(structure_info)
     experimental = read_checked_structure(cif)
     relaxed = Structure.from_file(str(relaxed_cif))
-    calc = make_calculator("fast", device=params.device)
+    calc = make_potential(params.potential, params.device)
     volumes, energies = eos_scan(AseAtomsAdaptor.get_atoms(relaxed), calc, params)
     eos = birch_murnaghan(volumes, energies)
     log.info("%s: Birch-Murnaghan V0 = %.3f A^3, B0 = %.1f GPa, B0' = %.2f (rms %.2f meV)", info["name"],

@@ -112,6 +112,7 @@ class StructureParams:
     max_atoms : refuse supercells with more atoms.
     device : torch device for CHGNet ("auto", "cpu", "cuda", "cuda:N").
     threads : torch CPU threads.
+    potential : the resolved potential (:func:`mdxrd.potentials.resolve_potential`); None: CHGNet.
     """
 
     supercell: tuple[int, int, int] = (2, 2, 2)
@@ -121,10 +122,12 @@ class StructureParams:
     max_atoms: int = 512
     device: str = "auto"
     threads: int = 1
+    potential: dict[str, Any] | None = None
 
 
-def relax(atoms: Any, fmax_eV_per_A: float, max_steps: int, device: str = "auto") -> tuple[Any, float, int, bool]:
-    """Relax positions and cell of ``atoms`` at 0 K with CHGNet, keeping its space group.
+def relax(atoms: Any, fmax_eV_per_A: float, max_steps: int, device: str = "auto",
+          potential: dict[str, Any] | None = None) -> tuple[Any, float, int, bool]:
+    """Relax positions and cell of ``atoms`` at 0 K with the potential (CHGNet by default), keeping its space group.
 
     Uses ASE's FIRE (Bitzek et al., Phys. Rev. Lett. 97, 170201 (2006)) on a
     ``FrechetCellFilter`` with ``FixSymmetry`` so the cell keeps its symmetry.
@@ -139,10 +142,10 @@ def relax(atoms: Any, fmax_eV_per_A: float, max_steps: int, device: str = "auto"
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
 
-    from mdxrd.calculator import make_calculator
+    from mdxrd.potentials import make_potential
 
     atoms = atoms.copy()
-    atoms.calc = make_calculator("fast", device=device)
+    atoms.calc = make_potential(potential, device)
     atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))
     opt = FIRE(FrechetCellFilter(atoms), logfile=None)
     converged = bool(opt.run(fmax=fmax_eV_per_A, steps=max_steps))
@@ -177,7 +180,8 @@ def run_stage(cif: str | Path, cif_out: str | Path, supercell_out: str | Path, i
     energy = float("nan")
     steps, converged = 0, False
     if params.relax:
-        atoms, energy, steps, converged = relax(atoms, params.fmax_eV_per_A, params.relax_max_steps, params.device)
+        atoms, energy, steps, converged = relax(atoms, params.fmax_eV_per_A, params.relax_max_steps, params.device,
+                                                 params.potential)
         log.info("relaxed %s in %d FIRE steps (converged=%s), E0 = %.6f eV/atom", name, steps, converged,
                  energy / len(atoms))
         if not converged:

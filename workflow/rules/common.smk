@@ -35,11 +35,12 @@ config.clear()
 config.update(_resolved)
 
 RUNS = mdconf.runs(config)
-CRYSTALS = [c["name"] for c in config["crystals"]]
+CRYSTALS = [c["name"] for c in config["crystals"]]  # dataset parts: one per crystal, all its potentials
+UNITS = [u["name"] for u in mdconf.units(config)]  # crystal x potential: structure, reference, qc, plots
 DATASET = f"{RESULTS}/{mdconf.LAYOUT['dataset']}"
 
 wildcard_constraints:
-    crystal=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    crystal=r"[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9][A-Za-z0-9_.-]*)?",
     ensemble="|".join(["nvt_langevin", "nvt_berendsen", "npt_berendsen"]),
     temperature=r"[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?",
     replica=r"[0-9]+",
@@ -81,12 +82,15 @@ def crystal_run_files(crystal, kinds):
 
 
 def dataset_part_inputs(wildcards):
-    """Every output of one crystal that its dataset part reads."""
-    per_crystal = [out(k).format(crystal=wildcards.crystal) for k in ("structure_info", "relaxed_cif", "static")]
-    return per_crystal + [crystal_cif(wildcards)] + crystal_run_files(wildcards.crystal, mdconf.DATASET_KINDS)
+    """Every output of one crystal (all its potentials) that its dataset part reads."""
+    files = []
+    for unit in mdconf.crystal_units(config, wildcards.crystal):
+        files += [out(k).format(crystal=unit["name"]) for k in ("structure_info", "relaxed_cif", "static")]
+        files += crystal_run_files(unit["name"], mdconf.DATASET_KINDS)
+    return files + [mdconf.crystal_units(config, wildcards.crystal)[0]["cif"]]
 
 
 def report_inputs(wildcards):
     """The report figures and QC table of every crystal."""
     kinds = ("plot_patterns", "plot_zoom", "plot_thermal", "plot_traces", "qc_html")
-    return [out(kind).format(crystal=c) for c in CRYSTALS for kind in kinds]
+    return [out(kind).format(crystal=c) for c in UNITS for kind in kinds] + [out("qc_potentials")]

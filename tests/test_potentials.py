@@ -1,0 +1,115 @@
+"""Potentials: the config's choice, parse-time errors, SevenNet-0 against its own calculator, generic ASE
+calculators through the single-run engine, and the comparison table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mdxrd.config import ConfigError, runs, units, validate_config
+from mdxrd.potentials import BUILTIN, PotentialError, make_potential, resolve_potential, unit_name
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path, monkeypatch, potentials):
+    monkeypatch.chdir(REPO)
+    raw = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+    return validate_config({**raw, "potentials": potentials}, "c.yaml", cache_dir=tmp_path / "checked")
+
+
+def test_bad_potential_is_refused_at_parse_time(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="potentials.*chgnet, sevennet-0"):
+        _config(tmp_path, monkeypatch, ["mace-mp-0"])
+    with pytest.raises(PotentialError, match="unknown potential 'nequip'.*allowed are chgnet, sevennet-0"):
+        resolve_potential("nequip")
+    with pytest.raises(ConfigError, match=r"potentials\[0\].*cannot import module 'no_such_pkg.calc'"):
+        _config(tmp_path, monkeypatch, [{"name": "x", "module": "no_such_pkg.calc", "class": "Calc"}])
+    with pytest.raises(ConfigError, match="has no class 'Nope'"):
+        _config(tmp_path, monkeypatch, [{"name": "x", "module": "ase.calculators.emt", "class": "Nope"}])
+    with pytest.raises(ConfigError, match="model_file /nowhere/m.model not found: point it to a local"):
+        _config(tmp_path, monkeypatch, [{"name": "x", "module": "ase.calculators.emt", "class": "EMT",
+                                         "model_file": "/nowhere/m.model"}])
+    with pytest.raises(ConfigError, match="names must be unique"):
+        _config(tmp_path, monkeypatch, ["chgnet", {"name": "chgnet", "module": "ase.calculators.emt", "class": "EMT"}])
+
+
+def test_missing_package_names_what_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sevenn" else real(name, *a))
+    with pytest.raises(PotentialError, match=r"needs the package sevenn, which is not installed: pip install '\.\[sevennet\]'"):
+        resolve_potential("sevennet-0")
+
+
+def test_resolved_potentials_record_version_and_model_hash():
+    import hashlib
+    import importlib.metadata
+
+    for name in BUILTIN:
+        p = resolve_potential(name)
+        assert p["version"] == importlib.metadata.version(p["package"])
+        assert p["model_sha256"] == hashlib.sha256(Path(p["model_file"]).read_bytes()).hexdigest()
+    assert resolve_potential("sevennet-0")["version"] == "0.13.0"
+
+
+def test_potentials_multiply_the_grid(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, monkeypatch, ["chgnet", "sevennet-0"])
+    assert [u["name"] for u in units(cfg)] == ["Cu", "Cu@sevennet-0"]
+    assert unit_name("Cu", "chgnet") == "Cu"  # the default keeps its paths when a potential is added
+    keys = runs(cfg)
+    assert len(keys) == 2 * len(cfg["ensembles"]) * len(cfg["temperatures_K"])
+    assert {k.crystal for k in keys} == {"Cu", "Cu@sevennet-0"}
+    assert len({k.wildcards["crystal"] + k.ensemble for k in keys}) == len(keys)
+
+
+def _displaced_si():
+    from ase.build import bulk
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=3)
+    return atoms
+
+
+def test_sevennet_forces_equal_its_own_calculator():
+    pytest.importorskip("sevenn")
+    from sevenn.calculator import SevenNetCalculator
+
+    atoms = _displaced_si()
+    ours = make_potential(resolve_potential("sevennet-0"), "cpu")
+    atoms.calc = ours
+    f_ours, e_ours, s_ours = atoms.get_forces(), atoms.get_potential_energy(), atoms.get_stress()
+    ref = atoms.copy()
+    ref.calc = SevenNetCalculator("7net-0", device="cpu")
+    np.testing.assert_allclose(f_ours, ref.get_forces(), atol=1e-5)
+    assert e_ours == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(s_ours, ref.get_stress(), atol=1e-7)
+    assert np.abs(f_ours).max() > 0.1  # displaced: real forces
+    np.testing.assert_allclose(f_ours.sum(axis=0), 0.0, atol=1e-4)  # Newton's third law
+    # a finite difference of the energy along one coordinate gives that force component
+    h, i = 1e-3, 5
+    e = []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.calc = ours
+        moved.positions[i, 0] += sign * h
+        e.append(moved.get_potential_energy())
+    assert -(e[0] - e[1]) / (2 * h) == pytest.approx(f_ours[i, 0], abs=2e-3)
+
+
+def test_generic_ase_calculator_runs_through_the_single_run_engine(tmp_path):
+    from conftest import cu_fcc
+    from mdxrd.md import MDParams, run_md
+
+    emt = resolve_potential({"name": "emt", "module": "ase.calculators.emt", "class": "EMT"})
+    assert emt["kind"] == "ase" and emt["package"] == "ase" and emt["model_sha256"] is None
+    params = MDParams(ensemble="nvt_berendsen", temperature_K=300.0, n_steps=20, n_equil=10, n_interval=5,
+                      seed=1, potential=emt)
+    record = run_md(cu_fcc(a=3.59, repeat=2), params, tmp_path)
+    assert record["calculator"] == "EMT" and record["potential"] == "emt"
+    thermo = np.loadtxt(tmp_path / "thermo.csv", delimiter=",", skiprows=1)
+    assert np.isfinite(thermo).all() and len(thermo) >= 20
