@@ -67,7 +67,7 @@ def test_dry_run_with_slurm_profile_default_grid(tmp_path):
     assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in out
     runs = 3 * 3 * 2
     assert _submissions(res.stdout) == {"group crystal_0K": 3, "md": runs, "group post": runs,
-                                        "group crystal_qc": 3, "group dataset_parts": 1, "dataset": 1}
+                                        "group crystal_qc": 3, "group dataset_parts": 1, "group final": 1}
     # md asks for one GPU and a time limit from atoms x steps; the CPU rules for none
     md_resources = re.findall(r"^rule md:\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.MULTILINE)
     assert len(md_resources) == runs and all("gpu=1" in r and "runtime=" in r for r in md_resources)
@@ -183,10 +183,11 @@ def test_snakemake_profile_slurm_runs_on_a_cluster(cluster, tmp_path):
     kinds = {}
     for jobid, log in submitted:
         kind = Path(log).parts[Path(log).parts.index("slurm_logs") + 1]
-        kinds[jobid] = next((g for g in ("group_post", "group_crystal_0K", "group_crystal_qc", "group_dataset_parts")
+        kinds[jobid] = next((g for g in ("group_post", "group_crystal_0K", "group_crystal_qc", "group_dataset_parts",
+                                         "group_final")
                              if kind.startswith(g + "_")), kind)
     assert sorted(kinds.values()) == sorted(["group_crystal_0K", "rule_md", "rule_md", "group_post", "group_post",
-                                             "group_crystal_qc", "group_dataset_parts", "rule_dataset"]), out[-4000:]
+                                             "group_crystal_qc", "group_dataset_parts", "group_final"]), out[-4000:]
     for jobid, kind in kinds.items():
         job = _scontrol_job(jobid)
         assert job["JobState"] == "COMPLETED", (jobid, kind, job)

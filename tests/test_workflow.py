@@ -32,7 +32,8 @@ def test_dry_run_default_config_lists_the_grid():
     counts = _job_counts(res.stdout)
     runs = 3 * 3 * 2  # crystals x ensembles x temperatures
     assert counts == {"structure": 3, "reference": 3, "md": runs, "snapshots": runs, "xrd": runs,
-                      "qc": 3, "plots": 3, "dataset_part": 3, "dataset": 1, "all": 1, "total": 5 * 3 + 3 * runs + 2}
+                      "qc": 3, "plots": 3, "dataset_part": 3, "dataset": 1, "qc_potentials": 1, "all": 1,
+                      "total": 5 * 3 + 3 * runs + 3}
 
 
 def test_dry_run_glob_of_structure_files(tmp_path):

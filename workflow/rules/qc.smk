@@ -26,7 +26,7 @@ rule qc_potentials:
     log:
         "logs/qc/potentials.log",
     params:
-        results=RESULTS,
+        results=lambda wc, input: str(Path(input.config).parents[1]),  # results/params/config.json
     conda:
         "../../envs/base.yaml"
     shell:
