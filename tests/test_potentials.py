@@ -50,10 +50,13 @@ def test_resolved_potentials_record_version_and_model_hash():
     import hashlib
     import importlib.metadata
 
+    import importlib.util
+
     for name in BUILTIN:
         p = resolve_potential(name)
         assert p["version"] == importlib.metadata.version(p["package"])
-        assert p["model_sha256"] == hashlib.sha256(Path(p["model_file"]).read_bytes()).hexdigest()
+        root = Path(list(importlib.util.find_spec(p["package"]).submodule_search_locations)[0]).parent
+        assert p["model_sha256"] == hashlib.sha256((root / p["model_file"]).read_bytes()).hexdigest()
     assert resolve_potential("sevennet-0")["version"] == "0.13.0"
 
 

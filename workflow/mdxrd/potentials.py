@@ -80,8 +80,9 @@ def resolve_potential(spec: str | dict[str, Any]) -> dict[str, Any]:
     Returns
     -------
     dict
-        name, kind (``chgnet``, ``sevennet`` or ``ase``), package, version, model_file,
-        model_sha256, and for ``ase`` module, class and kwargs.
+        name, kind (``chgnet``, ``sevennet`` or ``ase``), package, version, model_file (for a
+        built-in one relative to its installed package), model_sha256, and for ``ase`` module,
+        class and kwargs.
 
     Raises
     ------
@@ -101,8 +102,9 @@ def resolve_potential(spec: str | dict[str, Any]) -> dict[str, Any]:
         if not model.is_file():
             raise PotentialError(f"potential {spec!r}: no weights at {model} (offline runs need them in the "
                                  f"{package} package): reinstall it, {install}")
+        # model_file relative to the installed package: moving the installation changes no parameter file
         return {"name": spec, "kind": "chgnet" if spec == "chgnet" else "sevennet", "package": package,
-                "version": _version(package), "model_file": str(model), "model_sha256": _sha256(model)}
+                "version": _version(package), "model_file": f"{package}/{rel}", "model_sha256": _sha256(model)}
     name = spec.get("name")
     module, cls = spec.get("module"), spec.get("class")
     try:
