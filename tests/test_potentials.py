@@ -116,3 +116,32 @@ def test_generic_ase_calculator_runs_through_the_single_run_engine(tmp_path):
     assert record["calculator"] == "EMT" and record["potential"] == "emt"
     thermo = np.loadtxt(tmp_path / "thermo.csv", delimiter=",", skiprows=1)
     assert np.isfinite(thermo).all() and len(thermo) >= 20
+
+
+def test_comparison_puts_potentials_side_by_side(tmp_path):
+    """qc-potentials: one row per crystal and quantity that exists, a value and a deviation per potential."""
+    import pandas as pd
+
+    from mdxrd.config import LAYOUT
+    from mdxrd.qc import compare_potentials
+
+    pots = [{"name": "chgnet"}, {"name": "sevennet-0"}]
+    config = {"crystals": [{"name": "Si"}, {"name": "Cu"}], "potentials": pots}
+    values = {("Si", "chgnet"): 0.68, ("Si", "sevennet-0"): 0.43, ("Cu", "chgnet"): 0.52, ("Cu", "sevennet-0"): 0.49}
+    exp = {"Si": 0.485, "Cu": 0.55}
+    for (xtal, pot), b in values.items():
+        unit = xtal if pot == "chgnet" else f"{xtal}@{pot}"
+        path = tmp_path / LAYOUT["qc_table"].format(crystal=unit)
+        path.parent.mkdir(parents=True)
+        pd.DataFrame([{"crystal": unit, "scope": "crystal", "check": f"B_iso_{xtal}_vs_experiment", "value": b,
+                       "reference": exp[xtal], "deviation": b / exp[xtal] - 1, "status": "pass", "detail": ""},
+                      {"crystal": unit, "scope": "run", "check": "equilibrated", "value": None, "reference": None,
+                       "deviation": None, "status": "pass", "detail": ""}]).to_parquet(path)
+    table = compare_potentials(config, tmp_path)
+    assert list(table.crystal) == ["Si", "Cu"]  # config order, no row for an element a crystal does not have
+    assert list(table.quantity) == ["B_iso Si (A^2)", "B_iso Cu (A^2)"]
+    assert list(table.columns) == ["crystal", "quantity", "reference", "chgnet value", "chgnet dev %",
+                                   "sevennet-0 value", "sevennet-0 dev %"]
+    si = table.iloc[0]
+    assert si["reference"] == 0.485 and si["sevennet-0 value"] == 0.43
+    assert si["chgnet dev %"] == pytest.approx(100 * (0.68 / 0.485 - 1))

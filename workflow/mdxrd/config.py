@@ -123,8 +123,10 @@ def units(config: dict[str, Any]) -> list[dict[str, Any]]:
     from mdxrd.potentials import unit_name
 
     global _INDEX
-    key = (id(config["crystals"]), id(config["potentials"]), len(config["crystals"]))
-    if _INDEX[0] != key:
+    # the lists themselves (not their ids, which a freed list passes on): kept alive by the cache
+    key = (config["crystals"], config["potentials"], len(config["crystals"]), len(config["potentials"]))
+    cached = _INDEX[0]
+    if cached is None or cached[0] is not key[0] or cached[1] is not key[1] or cached[2:] != key[2:]:
         table = [{**c, "name": unit_name(c["name"], p["name"]), "crystal": c["name"], "potential": p}
                  for c in config["crystals"] for p in config["potentials"]]
         _INDEX = (key, table, {u["name"]: u for u in table})

@@ -304,8 +304,7 @@ def compare_potentials(config: dict[str, Any], results: str | Path = "results") 
     rows["quantity"] = rows["check"].map(quantity)
     rows["deviation_pct"] = 100.0 * rows["deviation"]
     order = {c["name"]: i for i, c in enumerate(config["crystals"])}
-    wide = rows.pivot_table(index=["crystal", "quantity"], columns="potential", values=["value", "deviation_pct"],
-                            aggfunc="first", dropna=False)
+    wide = rows.groupby(["crystal", "quantity", "potential"])[["value", "deviation_pct"]].first().unstack("potential")
     wide.columns = [f"{pot} {'value' if what == 'value' else 'dev %'}" for what, pot in wide.columns]
     potentials = [p["name"] for p in config["potentials"]]
     wide = wide[[f"{p} {w}" for p in potentials for w in ("value", "dev %") if f"{p} {w}" in wide.columns]]
