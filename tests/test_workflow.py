@@ -295,7 +295,7 @@ def test_tiny_run_qc_and_report(tiny_run):
                           str(work / "config.yaml"), "--report", "report.html"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     page = (work / "report.html").read_text()
-    for name in ("patterns.png", "zoom.png", "thermal.png", "traces.png", "qc.html"):
+    for name in ("patterns.png", "zoom.png", "thermal.png", "traces.png", "qc.html", "potentials.html"):
         assert name in page
     import base64
 
