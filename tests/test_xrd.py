@@ -20,7 +20,6 @@ from mdxrd.xrd import (
     broaden,
     diffract,
     diffract_structure,
-    extended_range,
     resolve_wavelength,
     scattering_factor,
     two_theta_grid,
@@ -391,13 +390,14 @@ def test_broaden_midway_narrow_peak_is_split_evenly() -> None:
     assert y[1000] == pytest.approx((0.5 - 0.5 * math.erfc(4 / math.sqrt(2))) / 0.02, rel=1e-9)
 
 
-def test_grid_and_extended_range() -> None:
+def test_grid_and_kernel_range() -> None:
     g = two_theta_grid(10.0, 90.0, 0.02)
     assert g.size == 4001 and g[0] == 10.0 and g[-1] == pytest.approx(90.0, abs=1e-9)
     assert two_theta_grid(0.0, 1.0, 0.1).size == 11
     assert two_theta_grid(0.0, 1.05, 0.1).size == 11
-    assert extended_range((10.0, 90.0), 0.3) == pytest.approx((8.5, 91.5))
-    assert extended_range((0.5, 179.0), 0.3) == (0.0, 180.0)
+    # a Gaussian reaches 6 sigma beyond the grid
+    assert xrd.kernel_settings([xrd.Instrument(sigma_deg=0.3)], (10.0, 90.0)) == (1.5406, pytest.approx((8.2, 91.8)))
+    assert xrd.kernel_settings([xrd.Instrument(sigma_deg=0.3)], (0.5, 179.0))[1] == (0.0, 180.0)
 
 
 # --------------------------------------------------------------------------
@@ -443,7 +443,7 @@ def check_stage_outputs(refl_path: Path, pat_path: Path, n_frames: int) -> None:
     assert sorted(df["snapshot"].unique()) == list(range(n_frames))
     assert sorted(df["step"].unique()) == [0, 10, 20]
     radius = xrd.debye_sphere_radius((2 * 5.4307) ** 3)  # the frames' smallest cell
-    lo, hi = extended_range(PARAMS["two_theta_range"], SIGMA, LAMBDA, 3 * radius)
+    lo, hi = xrd.kernel_settings([xrd.Instrument(sigma_deg=SIGMA)], PARAMS["two_theta_range"], 3 * radius)[1]
     assert df["two_theta"].min() >= lo and df["two_theta"].max() <= hi
     assert df["two_theta"].max() > PARAMS["two_theta_range"][1]  # edge peaks kept
     with np.load(pat_path) as npz:
@@ -622,7 +622,7 @@ def test_diffuse_continuum_matches_laue_scattering() -> None:
     centring = xrd.centring_translations(cu())
     volume = abs(np.linalg.det(cells[0]))
     grid = two_theta_grid(20.0, 85.0, 0.02)
-    ext = extended_range((20.0, 85.0), 0.3, LAMBDA, 3 * xrd.debye_sphere_radius(volume))
+    ext = xrd.kernel_settings([xrd.Instrument(sigma_deg=0.3)], (20.0, 85.0), 3 * xrd.debye_sphere_radius(volume))[1]
     refl = diffract(cells, frac, species, supercell=(n, n, n), two_theta_range=ext, centring=centring)
     weights = np.stack([r.intensity for r in refl])
     f_bragg = 1.0 / (n**3 * 4)

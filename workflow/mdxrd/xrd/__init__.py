@@ -32,7 +32,6 @@ from mdxrd.xrd.profiles import (
     broaden_components,
     debye_sphere_radius,
     diffuse_continuum,
-    extended_range,
     kernel_settings,
     line_spectrum,
     observed_pattern,
@@ -45,7 +44,7 @@ from mdxrd.xrd.stage import instruments_of, run_stage
 __all__ = [
     "DEFAULT_INSTRUMENT", "KALPHA2_RATIO", "KALPHA_DOUBLETS", "REFLECTION_COLUMNS", "TWO_THETA_TOL", "WAVELENGTHS",
     "Instrument", "Reflections", "add_parser", "broaden", "broaden_components", "centring_translations",
-    "debye_sphere_radius", "diffract", "diffract_structure", "diffuse_continuum", "extended_range",
+    "debye_sphere_radius", "diffract", "diffract_structure", "diffuse_continuum",
     "instruments_of", "kernel_settings", "line_spectrum", "lorentz_polarization", "observed_pattern",
     "powder_pattern", "read_structure_or_atoms", "resolve_wavelength", "run_stage", "scattering_factor",
     "structure_arrays", "tch_pseudo_voigt", "two_theta_grid",

@@ -384,13 +384,13 @@ def kernel_settings(instruments: Sequence[Instrument], two_theta_range: Sequence
     return lam_k, (t_lo, t_hi)
 
 
-def _line_reflections(inst: Instrument, lam: float, weight: float, two_theta0: np.ndarray, d_spacing: np.ndarray,
-                      intensity: np.ndarray, wavelength0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _line_reflections(inst: Instrument, lam: float, weight: float, d_spacing: np.ndarray, intensity: np.ndarray,
+                      wavelength0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mask, two_theta_j, intensity_j) of reflections seen by line j (module docstring, step 1)."""
     x = lam / (2.0 * d_spacing)
     seen = x < 1.0
     theta_j = np.arcsin(x[seen])
-    lp0 = lorentz_polarization(np.radians(two_theta0[seen] / 2.0))
+    lp0 = lorentz_polarization(np.arcsin(wavelength0 / (2.0 * d_spacing[seen])))  # where the kernel put them
     ratio = weight * lorentz_polarization(theta_j, inst.monochromator_two_theta_deg) / lp0
     return seen, np.degrees(2.0 * theta_j), intensity[..., seen] * ratio
 
@@ -432,7 +432,6 @@ def powder_pattern(
     grid = _check_grid(grid)
     step = (grid[-1] - grid[0]) / (grid.size - 1)
     is_bragg = np.asarray(reflections.is_bragg, dtype=bool)
-    tt0 = np.asarray(reflections.two_theta, dtype=np.float64)
     d = np.asarray(reflections.d_spacing, dtype=np.float64)
     out_shape = weights.shape[:-1] + (grid.size,)
     bragg, diffuse = np.zeros(out_shape), np.zeros(out_shape)
@@ -440,7 +439,7 @@ def powder_pattern(
     if have_diffuse and volume_A3 is None:
         raise ValueError("powder_pattern: diffuse reflections need volume_A3")
     for lam, w in instrument.lines:
-        seen, tt, inten = _line_reflections(instrument, lam, w, tt0, d, weights, wavelength)
+        seen, tt, inten = _line_reflections(instrument, lam, w, d, weights, wavelength)
         b = is_bragg[seen]
         if b.any():
             bragg += broaden_components(tt[b] + instrument.shift_deg(tt[b]), inten[..., b], grid,
@@ -632,27 +631,6 @@ def two_theta_grid(start: float = 10.0, stop: float = 90.0, step: float = 0.02) 
     return start + step * np.arange(n, dtype=np.float64)
 
 
-def extended_range(
-    two_theta_range: Sequence[float], sigma_deg: float, wavelength: float = 1.0, q_margin_per_A: float = 0.0
-) -> tuple[float, float]:
-    """``two_theta_range`` widened by 5 sigma each side, clipped to [0, 180] degrees.
-
-    Reflections just outside a pattern's range spill into it once broadened;
-    computing them over this range keeps the edge intensity right. With
-    ``q_margin_per_A`` > 0 the range is widened further by that much in
-    |G| = 2 sin(theta)/lambda (1/Angstrom, ``wavelength`` in Angstrom): the reach
-    of :func:`diffuse_continuum`'s kernel.
-    """
-    lo, hi = (float(v) for v in two_theta_range)
-    lo, hi = max(0.0, lo - 5.0 * sigma_deg), min(180.0, hi + 5.0 * sigma_deg)
-    if q_margin_per_A > 0.0:
-        g_lo = max(0.0, _g_of(lo, wavelength) - q_margin_per_A)
-        g_hi = _g_of(hi, wavelength) + q_margin_per_A
-        lo = _two_theta_of(g_lo, wavelength)
-        hi = 180.0 if g_hi * wavelength >= 2.0 else _two_theta_of(g_hi, wavelength)
-    return lo, hi
-
-
 def _g_of(two_theta_deg: Any, wavelength: float) -> Any:
     """|G| = 2 sin(theta)/lambda, 1/Angstrom, of 2theta in degrees."""
     return 2.0 * np.sin(np.radians(np.asarray(two_theta_deg, dtype=np.float64) / 2.0)) / wavelength
@@ -712,7 +690,7 @@ def diffuse_continuum(
     holes at the Bragg points, whose own diffuse share no sample measures), the
     estimate has neither. Below the first sample the denominator is held at its value
     there, so the estimate fades with the kernel instead of extrapolating to 2theta = 0.
-    Above the last sample it is zero (compute samples beyond the grid: :func:`extended_range`).
+    Above the last sample it is zero (compute samples beyond the grid: :func:`kernel_settings`).
     A final factor per pattern (a few %: the kernel averages the steep LP(q) and the
     fade) makes the integral over |G| equal the samples' summed intensity, so the diffuse
     intensity is kept (to the grid's interpolation, ~1e-3) and only redistributed in |G|.
