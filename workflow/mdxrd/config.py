@@ -366,7 +366,9 @@ def _allowed(schema: Any) -> str:
         return " or ".join(filter(None, (_allowed(s) for s in schema.get("oneOf", schema.get("anyOf", [])))))
     bounds = [f"{op} {schema[k]}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
                                                 ("exclusiveMaximum", "<")) if k in schema]
-    return " ".join(filter(None, [f"a {schema['type']}" if "type" in schema else "", ", ".join(bounds)]))
+    kind = schema.get("type", "")
+    article = "an" if str(kind)[:1] in "aeiou" else "a"
+    return " ".join(filter(None, [f"{article} {kind}" if kind else "", ", ".join(bounds)]))
 
 
 def _schema_errors(config: dict[str, Any]) -> Iterator[str]:
