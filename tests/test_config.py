@@ -99,6 +99,24 @@ def test_duplicate_crystal_names(default_raw, monkeypatch):
         validate_config(raw, "c.yaml")
 
 
+def test_instrument_conditions_resolved_and_checked(default_raw, monkeypatch):
+    monkeypatch.chdir(REPO)
+    raw = copy.deepcopy(default_raw)
+    raw["xrd"] = {**raw.get("xrd", {}), "wavelength": "MoKa1", "sigma_deg": 0.1}
+    raw["instrument"] = [{"name": "a"}, {"name": "b", "caglioti": [0.0, 0.0, 0.01], "noise_counts": 1000}]
+    cfg = validate_config(raw, "c.yaml")
+    assert cfg["instrument"][0] == {"name": "a", "wavelength": "MoKa1", "sigma_deg": 0.1, "scherrer_k": 0.9,
+                                    "strain": 0.0, "zero_shift_deg": 0.0, "displacement_mm": 0.0,
+                                    "goniometer_radius_mm": 240.0, "background": [], "noise_seed": 0}
+    assert "sigma_deg" not in cfg["instrument"][1] and cfg["instrument"][1]["caglioti"] == [0.0, 0.0, 0.01]
+    raw["instrument"] = [{"name": "a"}, {"name": "a", "eta": 0.5}]
+    with pytest.raises(ConfigError, match="instrument: names must be unique, a appears more than once"):
+        validate_config(raw, "c.yaml")
+    raw["instrument"] = [{"name": "a", "background": [0.01, 0.05]}]
+    with pytest.raises(ConfigError, match=r"instrument\[0\] \(a\): .*Chebyshev background .* is negative"):
+        validate_config(raw, "c.yaml")
+
+
 def test_missing_cif_named(default_raw, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(ConfigError, match=r"crystals\[0\] \(Si\)\.cif: nope\.cif: file not found"):

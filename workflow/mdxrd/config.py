@@ -440,10 +440,7 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
             if cached is not None:
                 write_cache(cached, config["crystals"])
 
-    counts = Counter(c["name"] for c in config["crystals"])
-    dup = sorted(n for n, k in counts.items() if k > 1)
-    if dup:
-        raise ConfigError(f"{source}: crystals: names must be unique, {', '.join(dup)} appears more than once")
+    _check_unique([c["name"] for c in config["crystals"]], "crystals", source)
     md = config["md"]
     if md["n_equil"] >= md["n_steps"]:
         raise ConfigError(f"{source}: md.n_equil: {md['n_equil']} must be smaller than md.n_steps = {md['n_steps']}")
@@ -491,10 +488,7 @@ def _resolve_potentials(config: dict[str, Any], source: str) -> list[dict[str, A
             resolved.append(resolve_potential(spec))
         except PotentialError as err:
             raise ConfigError(f"{source}: potentials[{i}]: {err}") from None
-    names = [p["name"] for p in resolved]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"{source}: potentials: names must be unique, {', '.join(dup)} appears more than once")
+    _check_unique([p["name"] for p in resolved], "potentials", source)
     return resolved
 
 
@@ -513,11 +507,15 @@ def _resolve_instruments(config: dict[str, Any], source: str) -> list[dict[str, 
         except ValueError as err:
             raise ConfigError(f"{source}: instrument[{i}] ({entry.get('name')}): {err}") from None
         resolved.append({k: v for k, v in inst.to_dict().items() if v is not None})
-    names = [r["name"] for r in resolved]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"{source}: instrument: names must be unique, {', '.join(dup)} appears more than once")
+    _check_unique([r["name"] for r in resolved], "instrument", source)
     return resolved
+
+
+def _check_unique(names: list[str], field: str, source: str) -> None:
+    """Raise ConfigError naming the field and the names that appear more than once."""
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
+    if dup:
+        raise ConfigError(f"{source}: {field}: names must be unique, {', '.join(dup)} appears more than once")
 
 
 def table_key(spec: str) -> str | None:
