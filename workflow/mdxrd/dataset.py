@@ -246,11 +246,12 @@ def _static_rows(section: dict[str, Any], name: str, info: dict[str, Any], resul
 
 
 def _conditions(section: dict[str, Any], names: list[str], path: str | Path) -> list[dict[str, Any]]:
-    """The instrument columns of each condition of a patterns file, in its order; its names must be the config's."""
-    configured = [spec["name"] for spec in section["instrument"]]
+    """The instrument columns of each condition of a patterns file, in its order; its names must be the config's.
+    ``section["conditions"]`` holds the columns of the configured conditions (made once by :func:`write_part`)."""
+    configured = [c["instrument"] for c in section["conditions"]]
     if names != configured:
         raise ValueError(f"{path}: instrument conditions {names} differ from the configuration's {configured}")
-    return [instrument_columns(spec) for spec in section["instrument"]]
+    return section["conditions"]
 
 
 def _run_rows(section: dict[str, Any], key: dict[str, Any], summary: dict[str, Any], grid: np.ndarray
@@ -324,6 +325,7 @@ def write_part(section: dict[str, Any], results: str | Path, out: str | Path) ->
 
     entry = section["crystal"]
     name = entry["name"]
+    section = {**section, "conditions": [instrument_columns(spec) for spec in section["instrument"]]}
     sch = schema()
     kept: list[tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]] = []
     for unit in section["units"]:

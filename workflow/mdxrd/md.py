@@ -341,6 +341,7 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     from mdxrd.calculator import resolve_device
+    from mdxrd.potentials import DEFAULT as DEFAULT_POTENTIAL
     from mdxrd.potentials import make_potential
 
     torch.set_num_threads(params.threads)
@@ -485,7 +486,7 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         "s_per_step": wall / max(1, params.n_steps - start),
         "resumed_from_step": start,
         "calculator": type(atoms.calc).__name__,
-        "potential": (params.potential or {"name": "chgnet"})["name"],
+        "potential": params.potential["name"] if params.potential else DEFAULT_POTENTIAL,
         "equilibration": equilibration,
     }
     write_json(out_dir / "run.json", record)

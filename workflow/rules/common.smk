@@ -83,11 +83,12 @@ def crystal_run_files(crystal, kinds):
 
 def dataset_part_inputs(wildcards):
     """Every output of one crystal (all its potentials) that its dataset part reads."""
-    files = []
-    for unit in mdconf.crystal_units(config, wildcards.crystal):
+    units = mdconf.crystal_units(config, wildcards.crystal)
+    files = [units[0]["cif"]]
+    for unit in units:
         files += [out(k).format(crystal=unit["name"]) for k in ("structure_info", "relaxed_cif", "static")]
         files += crystal_run_files(unit["name"], mdconf.DATASET_KINDS)
-    return files + [mdconf.crystal_units(config, wildcards.crystal)[0]["cif"]]
+    return files
 
 
 def report_inputs(wildcards):

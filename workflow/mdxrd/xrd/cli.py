@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mdxrd.io import atomic_path
-from mdxrd.xrd.kernel import WAVELENGTHS, _check_range, _check_supercell, diffract_structure
+from mdxrd.xrd.kernel import WAVELENGTHS, _check_range, _check_supercell, diffract_structure, structure_arrays
 from mdxrd.xrd.profiles import KALPHA_DOUBLETS, Instrument, kernel_settings, observed_pattern, powder_pattern, two_theta_grid
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,7 @@ def instrument_from_args(args: argparse.Namespace) -> Instrument:
     Raises:
         ValueError: a bad value (named as the config key).
     """
-    wavelength: float | str = args.wavelength
-    try:
-        wavelength = float(args.wavelength)
-    except ValueError:
-        pass
-    spec: dict[str, Any] = {"name": "cli", "wavelength": wavelength}
+    spec: dict[str, Any] = {"name": "cli", "wavelength": args.wavelength}  # a name or a number as text
     optional = {"sigma_deg": args.sigma, "caglioti": args.caglioti, "lorentzian": args.lorentzian, "eta": args.eta, "size_nm": args.size_nm, "scherrer_k": args.scherrer_k,
                 "strain": args.strain, "zero_shift_deg": args.zero_shift, "displacement_mm": args.displacement_mm,
                 "goniometer_radius_mm": args.goniometer_radius_mm, "background": args.background,
@@ -96,17 +91,16 @@ def _cmd_xrd(args: argparse.Namespace) -> int:
         tt_range = _check_range((args.two_theta_min, args.two_theta_max))
         supercell = _check_supercell(args.supercell)
         inst.check(tt_range)
-        lam = min(line for line, _ in inst.lines)
-        refl = diffract_structure(structure, wavelength=lam, two_theta_range=tt_range, supercell=supercell)
+        # one kernel call at the shortest line over the profile's reach; -o lists those inside the range
+        lam, ext = kernel_settings([inst], tt_range)
+        refl_all = diffract_structure(structure, wavelength=lam, two_theta_range=ext, supercell=supercell)
+        refl = refl_all.select((refl_all.two_theta >= tt_range[0]) & (refl_all.two_theta <= tt_range[1]))
         if args.pattern is not None:
             if not args.step > 0:
                 raise ValueError("--step must be > 0")
             grid = two_theta_grid(tt_range[0], tt_range[1], args.step)
-            lam_k, ext = kernel_settings([inst], tt_range)
-            refl_all = diffract_structure(structure, wavelength=lam_k, two_theta_range=ext, supercell=supercell)
-            volume = float(abs(np.linalg.det(np.asarray(
-                structure.lattice.matrix if hasattr(structure, "lattice") else structure.cell.array))))
-            total, _ = powder_pattern(refl_all, refl_all.intensity, grid, lam_k, inst, volume_A3=volume,
+            volume = float(abs(np.linalg.det(structure_arrays(structure)[0])))
+            total, _ = powder_pattern(refl_all, refl_all.intensity, grid, lam, inst, volume_A3=volume,
                                       bragg_fraction=1.0 / float(np.prod(supercell)))
             y = observed_pattern(inst, total, grid)
     except ValueError as err:
