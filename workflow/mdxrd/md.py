@@ -307,7 +307,8 @@ def _min_distance(atoms: Any) -> float:
     return float(d.min()) if len(d) else math.inf
 
 
-def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None = None) -> dict[str, Any]:
+def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None = None,
+           keep_checkpoint: bool = False) -> dict[str, Any]:
     """Run one MD simulation of ``atoms`` and write its outputs into ``out_dir``.
 
     Parameters
@@ -320,7 +321,11 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         Directory for thermo.csv, trajectory.traj, velocities.npy and run.json
         (each written to a temporary name and renamed when complete).
     calc
-        ASE calculator to use instead of ``make_calculator(params.calculator, params.device)``.
+        ASE calculator to use instead of ``make_potential(params.potential, ...)``.
+    keep_checkpoint
+        Write a checkpoint of the finished run (step ``n_steps``) and keep it after the outputs:
+        a rerun then writes the outputs again from it without any MD (:func:`run_md_batch`
+        keeps a finished run this way when a batch-mate failed).
 
     Returns
     -------
@@ -464,6 +469,8 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         checkpoint.unlink(missing_ok=True)  # a run that blew up is not resumed
         raise
     wall = time.perf_counter() - t0
+    if keep_checkpoint and start < params.n_steps:
+        write_checkpoint(params.n_steps)
     log.info("%s %g K: %d steps of %d atoms in %.1f s (%.3f s/step)", params.ensemble.value,
              params.temperature_K, params.n_steps - start, n, wall, wall / max(1, params.n_steps - start))
 
@@ -485,13 +492,230 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         "wall_s": wall,
         "s_per_step": wall / max(1, params.n_steps - start),
         "resumed_from_step": start,
-        "calculator": type(atoms.calc).__name__,
+        "calculator": getattr(atoms.calc, "calculator_name", type(atoms.calc).__name__),
+        "runs_in_batch": getattr(atoms.calc, "batch_size", 1),
         "potential": params.potential["name"] if params.potential else DEFAULT_POTENTIAL,
         "equilibration": equilibration,
     }
     write_json(out_dir / "run.json", record)
-    checkpoint.unlink(missing_ok=True)
+    if not keep_checkpoint:
+        checkpoint.unlink(missing_ok=True)
     return record
+
+
+class LockstepBatcher:
+    """One potential evaluation for K MD runs that advance in lockstep.
+
+    Every run is a thread executing :func:`run_md` unchanged (same integrators, seeds, checks,
+    checkpoints) with :meth:`calculator` as its ASE calculator. A run's energy/force/stress call
+    blocks until every run still in the batch has made its own; the last run to call evaluates
+    all of them with one call of ``evaluate`` (for CHGNet one batched forward and backward pass,
+    :meth:`mdxrd.calculator.FastCHGNetCalculator.calculate_batch`) and hands each run its result.
+    The runs' own work between calls (integrator, thermo, checks) is NumPy on arrays of N atoms.
+    A run that finishes or fails leaves the batch (:meth:`leave`) and the others go on without it.
+
+    Parameters
+    ----------
+    evaluate
+        Maps a list of K ASE Atoms to K result dicts (``energy``, ``free_energy`` in eV,
+        ``forces`` (N_k, 3) eV/Angstrom, ``stress`` Voigt eV/Angstrom^3).
+    n_runs
+        Number of runs (threads) that will call; run indices are 0 .. n_runs - 1.
+    name
+        The calculator name recorded in run.json.
+
+    Attributes
+    ----------
+    batch_sizes : list of int
+        The number of structures of every evaluation made, in order.
+    """
+
+    def __init__(self, evaluate: Any, n_runs: int, name: str = "batched") -> None:
+        import threading
+
+        self._evaluate = evaluate
+        self._cond = threading.Condition()
+        self._active = set(range(n_runs))
+        self._pending: dict[int, Any] = {}
+        self._results: dict[int, Any] = {}
+        self.name = name
+        self.n_runs = n_runs
+        self.batch_sizes: list[int] = []
+
+    def calculator(self, run: int) -> Any:
+        """The ASE calculator of run ``run``: its calls go through the batch."""
+        from ase.calculators.calculator import Calculator, all_changes
+
+        batcher = self
+
+        class BatchMemberCalculator(Calculator):
+            implemented_properties = ("energy", "free_energy", "forces", "stress")
+            calculator_name = batcher.name
+            batch_size = batcher.n_runs
+
+            def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+                super().calculate(atoms, properties, system_changes)
+                self.results = batcher.submit(run, self.atoms)
+
+        return BatchMemberCalculator()
+
+    def submit(self, run: int, atoms: Any) -> dict[str, Any]:
+        """Evaluate ``atoms`` for run ``run`` together with the other runs' pending structures.
+
+        Raises
+        ------
+        Exception
+            What evaluating this run's structure raised (alone: a failing batch is evaluated
+            again structure by structure, so an error reaches only the run that caused it).
+        """
+        with self._cond:
+            self._pending[run] = atoms
+            self._evaluate_when_all_pending()
+            while run not in self._results:
+                self._cond.wait()
+            result = self._results.pop(run)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def leave(self, run: int) -> None:
+        """Run ``run`` is finished or failed: the batch no longer waits for it."""
+        with self._cond:
+            self._active.discard(run)
+            self._evaluate_when_all_pending()
+
+    def _evaluate_when_all_pending(self) -> None:
+        # Called with the lock held. The other active runs are all waiting in submit().
+        if not self._pending or len(self._pending) < len(self._active):
+            return
+        runs = sorted(self._pending)
+        structures = [self._pending.pop(r) for r in runs]
+        self.batch_sizes.append(len(runs))
+        try:
+            results: list[Any] = list(self._evaluate(structures))
+        except Exception:
+            results = []
+            for atoms in structures:
+                try:
+                    results.extend(self._evaluate([atoms]))
+                except Exception as err:  # noqa: BLE001 - handed to the run that owns the structure
+                    results.append(err)
+        self._results.update(zip(runs, results))
+        self._cond.notify_all()
+
+
+def batch_evaluator(calc: Any) -> Any:
+    """``evaluate(list of Atoms) -> list of result dicts`` for :class:`LockstepBatcher`.
+
+    ``calc.calculate_batch`` where the calculator has one (mdxrd's fast CHGNet: one batched
+    forward pass); any other ASE calculator evaluates the structures one after the other.
+    """
+    if hasattr(calc, "calculate_batch"):
+        return calc.calculate_batch
+
+    def one_by_one(structures: list[Any]) -> list[dict[str, Any]]:
+        from ase.calculators.calculator import all_changes
+
+        results = []
+        for atoms in structures:
+            calc.calculate(atoms.copy(), ["energy", "forces", "stress"], all_changes)
+            results.append({k: calc.results[k] for k in ("energy", "free_energy", "forces", "stress")
+                            if k in calc.results})
+        return results
+
+    return one_by_one
+
+
+_RUN_THREAD = "md-run:"
+
+
+def _set_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+class _RunTag(logging.Filter):
+    """Prefix the log records of a batched run's thread with the run's output directory."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.threadName.startswith(_RUN_THREAD):
+            record.msg = f"[{record.threadName[len(_RUN_THREAD):]}] {record.msg}"
+        return True
+
+
+def run_md_batch(runs: list[tuple[Any, MDParams, str | Path]],
+                 calc: Any | None = None) -> list[dict[str, Any] | BaseException]:
+    """Run K MD simulations in lockstep, one potential evaluation per step for all of them.
+
+    Each run is :func:`run_md` in its own thread with a :class:`LockstepBatcher` calculator, so
+    its trajectory, outputs, checkpoints and errors are those of the run alone; only the
+    potential evaluations are batched. Runs may mix ensembles, temperatures, replicas and
+    crystals. A run that blows up (:class:`MDError`) or fails otherwise leaves the batch and the
+    others go on. When some run failed, every finished run keeps a checkpoint at its last step,
+    so a rerun of the batch writes its outputs again without MD.
+
+    Parameters
+    ----------
+    runs
+        K tuples (atoms, params, out_dir) as taken by :func:`run_md`.
+    calc
+        The potential shared by all runs; None: ``make_potential`` of the first run's
+        potential, device and calculator (all runs share them and ``threads``).
+
+    Returns
+    -------
+    list
+        Per run, in order: its run.json record, or the exception that ended it.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mdxrd.potentials import make_potential
+
+    first = runs[0][1]
+    if calc is None:
+        calc = make_potential(first.potential, first.device, first.calculator)
+    # Every evaluation in one thread with `threads` torch threads: an OpenMP team per calling
+    # thread would otherwise spin on the cores the batch shares.
+    evaluator = ThreadPoolExecutor(1, initializer=_set_torch_threads, initargs=(first.threads,),
+                                   thread_name_prefix="md-evaluate")
+    evaluate = batch_evaluator(calc)
+    batcher = LockstepBatcher(lambda structures: evaluator.submit(evaluate, structures).result(), len(runs),
+                              name=type(calc).__name__)
+    outcomes: list[Any] = [None] * len(runs)
+
+    def one(i: int) -> None:
+        atoms, params, out_dir = runs[i]
+        try:
+            outcomes[i] = run_md(atoms, params, out_dir, calc=batcher.calculator(i), keep_checkpoint=True)
+        except BaseException as err:  # noqa: BLE001 - reported per run by the caller
+            outcomes[i] = err
+            log.error("run %d (%s) failed: %s", i, out_dir, err)
+        finally:
+            batcher.leave(i)
+
+    workers = [threading.Thread(target=one, args=(i,), name=f"{_RUN_THREAD}{out_dir}")
+               for i, (_, _, out_dir) in enumerate(runs)]
+    tag = _RunTag()
+    log.addFilter(tag)  # each log line of a run names it: "[results/md/Si/nvt_langevin/300K/r0] step 50/500 ..."
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        log.removeFilter(tag)
+        evaluator.shutdown()
+    failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+    for i, (_, _, out_dir) in enumerate(runs):
+        if not failed:
+            (Path(out_dir) / "checkpoint.pkl").unlink(missing_ok=True)
+        elif i not in failed:
+            log.info("run %d (%s) finished; its checkpoint is kept so a rerun writes it without MD", i, out_dir)
+    log.info("%d runs, %d batched evaluations, mean batch %.1f structures", len(runs), len(batcher.batch_sizes),
+             sum(batcher.batch_sizes) / max(1, len(batcher.batch_sizes)))
+    return outcomes
 
 
 def _single_point(atoms: Any) -> Any:
@@ -504,10 +728,13 @@ def _single_point(atoms: Any) -> Any:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``mdxrd md`` (the workflow's MD stage)."""
-    p = subparsers.add_parser("md", help="MD stage: one CHGNet MD run of a supercell")
+    p = subparsers.add_parser(
+        "md", help="MD stage: one or several CHGNet MD runs of a supercell (several: batched, in lockstep)")
     p.add_argument("supercell", help="supercell (ASE-readable, e.g. the structure stage's .traj)")
-    p.add_argument("--out-dir", required=True, help="directory for thermo.csv, trajectory.traj, velocities.npy, run.json")
-    p.add_argument("--params", required=True, help="JSON object of MDParams fields")
+    p.add_argument("--out-dir", required=True, action="append",
+                   help="directory for thermo.csv, trajectory.traj, velocities.npy, run.json (once per run)")
+    p.add_argument("--params", required=True, action="append",
+                   help="JSON file of MDParams fields (once per run, in the order of --out-dir)")
     p.set_defaults(func=_main)
 
 
@@ -516,9 +743,26 @@ def _main(args: argparse.Namespace) -> int:
 
     from mdxrd.cli import UserError
 
-    try:
-        params = MDParams(**load_params(args.params))
-    except (TypeError, ValueError) as err:
-        raise UserError(f"--params: {err}") from None
-    run_md(read(args.supercell), params, args.out_dir)
+    if len(args.out_dir) != len(args.params):
+        raise UserError(f"{len(args.out_dir)} --out-dir for {len(args.params)} --params: give one of each per run")
+    runs = []
+    for out_dir, path in zip(args.out_dir, args.params):
+        try:
+            params = MDParams(**load_params(path))
+        except (TypeError, ValueError) as err:
+            raise UserError(f"--params {path}: {err}") from None
+        runs.append(params)
+    shared = {(p.potential and p.potential["name"], p.device, p.calculator, p.threads) for p in runs}
+    if len(shared) > 1:
+        raise UserError("the runs of one batch must share potential, device, calculator and threads")
+    atoms = read(args.supercell)
+    if len(runs) == 1:
+        run_md(atoms, runs[0], args.out_dir[0])
+        return 0
+    outcomes = run_md_batch([(atoms, p, d) for p, d in zip(runs, args.out_dir)])
+    failed = [f"{d}: {o}" for d, o in zip(args.out_dir, outcomes) if isinstance(o, BaseException)]
+    for line in failed:
+        log.error("failed run %s", line)
+    if failed:
+        raise MDError(f"{len(failed)} of {len(runs)} runs failed:\n" + "\n".join(failed))
     return 0

@@ -1,0 +1,216 @@
+"""Batched MD (mdxrd.md.run_md_batch): K runs in lockstep with one potential evaluation per step.
+
+Each batched run must be the run alone: the same trajectory (CHGNet: bit for bit; the batched
+forward pass of independent graphs repeats the single pass's arithmetic), the same thermostat and
+barostat statistics, and its own failure. Long runs use ASE's EMT (milliseconds per step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase.build import bulk
+from ase.calculators.calculator import all_changes
+from ase.calculators.emt import EMT
+from ase.io import read, write
+
+from conftest import cu_fcc
+from mdxrd.md import LockstepBatcher, MDError, MDParams, run_md, run_md_batch
+
+
+class FreshEMT(EMT):
+    """EMT with its neighbour list rebuilt at every call: results depend on the positions only."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, all_changes)
+
+
+def _outputs(d):
+    thermo = pd.read_csv(d / "thermo.csv")
+    frames = read(d / "trajectory.traj", ":")
+    return thermo, frames, np.load(d / "velocities.npy")
+
+
+def _assert_same_run(a, b, atol=0.0):
+    (ta, fa, va), (tb, fb, vb) = _outputs(a), _outputs(b)
+    assert list(ta.step) == list(tb.step) and len(fa) == len(fb)
+    np.testing.assert_allclose(ta.to_numpy(), tb.to_numpy(), rtol=0, atol=atol)
+    np.testing.assert_allclose(va, vb, rtol=0, atol=atol)
+    for x, y in zip(fa, fb):
+        np.testing.assert_allclose(x.positions, y.positions, rtol=0, atol=atol)
+        np.testing.assert_allclose(x.cell.array, y.cell.array, rtol=0, atol=atol)
+        np.testing.assert_allclose(x.get_forces(), y.get_forces(), rtol=0, atol=atol)
+
+
+def _mixed_runs(n_steps: int, **kw) -> list[MDParams]:
+    """The three ensembles, two temperatures and two replicas of one temperature."""
+    common = dict(n_steps=n_steps, n_equil=n_steps // 5, n_interval=n_steps // 5, device="cpu", **kw)
+    return [MDParams(ensemble="nvt_langevin", temperature_K=300.0, seed=1, **common),
+            MDParams(ensemble="nvt_langevin", temperature_K=300.0, seed=2, **common),
+            MDParams(ensemble="nvt_berendsen", temperature_K=600.0, seed=3, **common),
+            MDParams(ensemble="npt_berendsen", temperature_K=600.0, seed=4, compressibility_per_GPa=0.007,
+                     taup_fs=200.0, **common)]
+
+
+def test_emt_batch_equals_single_runs(tmp_path):
+    # 4 runs of 32 Cu atoms, mixed ensembles, 150 steps: each batched run's thermo, velocities and
+    # frames equal the run alone bit for bit, so every statistic does.
+    runs = _mixed_runs(150, npt_pre_steps=20)
+    atoms = cu_fcc(repeat=2)
+    for i, p in enumerate(runs):
+        run_md(atoms, p, tmp_path / f"single{i}", calc=FreshEMT())
+    outcomes = run_md_batch([(atoms, p, tmp_path / f"batch{i}") for i, p in enumerate(runs)], calc=FreshEMT())
+    assert all(isinstance(o, dict) and o["runs_in_batch"] == 4 for o in outcomes)
+    for i in range(len(runs)):
+        _assert_same_run(tmp_path / f"single{i}", tmp_path / f"batch{i}")
+        assert not (tmp_path / f"batch{i}" / "checkpoint.pkl").exists()
+
+
+def test_emt_batch_samples_the_ensembles(tmp_path):
+    # The same 4 runs over 1200 steps: canonical mean T for the thermostats, the canonical
+    # kinetic-temperature fluctuation std(T)/T = sqrt(2/(3N - 3)) = 14.7 % for Langevin, P0 for NPT.
+    runs = _mixed_runs(1200, npt_pre_steps=100)
+    atoms = cu_fcc(repeat=2)
+    run_md_batch([(atoms, p, tmp_path / f"batch{i}") for i, p in enumerate(runs)], calc=FreshEMT())
+    for i, p in enumerate(runs):
+        thermo = pd.read_csv(tmp_path / f"batch{i}" / "thermo.csv")
+        window = thermo[thermo.step >= p.n_equil]
+        blocks = np.array([b.mean() for b in np.array_split(window.T_K.to_numpy(), 8)])
+        sem = blocks.std(ddof=1) / math.sqrt(len(blocks))
+        assert abs(window.T_K.mean() - p.temperature_K) < 4 * sem + 0.01 * p.temperature_K, (i, window.T_K.mean())
+        if p.ensemble.value == "nvt_langevin":
+            assert window.T_K.std() / p.temperature_K == pytest.approx(math.sqrt(2 / (3 * 32 - 3)), rel=0.35)
+        if p.ensemble.value == "npt_berendsen":
+            assert abs(window.P_GPa.mean()) < 0.5, window.P_GPa.mean()
+
+
+@pytest.fixture(scope="module")
+def chgnet_calc():
+    pytest.importorskip("chgnet")
+    from mdxrd.calculator import make_calculator
+
+    calc = make_calculator("fast", device="cpu")
+    calc.max_batch_atoms = None  # one forward pass for the whole batch, even on the CPU
+    return calc
+
+
+def test_chgnet_batch_equals_single_runs_for_50_steps(tmp_path, chgnet_calc):
+    # Two crystals (Si 16 atoms, NaCl 8 atoms) and three ensembles in one batch: one forward
+    # pass of 4 graphs per step reproduces each run alone to the bit over 50 steps.
+    si = bulk("Si", "diamond", a=5.4612, cubic=True).repeat((2, 1, 1))
+    nacl = bulk("NaCl", "rocksalt", a=5.6905, cubic=True)
+    runs = _mixed_runs(50, npt_pre_steps=10)
+    crystals = [si, nacl, si, nacl]
+    for i, p in enumerate(runs):
+        run_md(crystals[i], p, tmp_path / f"single{i}", calc=chgnet_calc)
+    batch = [(crystals[i], p, tmp_path / f"batch{i}") for i, p in enumerate(runs)]
+    outcomes = run_md_batch(batch, calc=chgnet_calc)
+    assert all(isinstance(o, dict) for o in outcomes)
+    for i in range(len(runs)):
+        _assert_same_run(tmp_path / f"single{i}", tmp_path / f"batch{i}", atol=1e-12)
+
+
+def test_chgnet_calculate_batch_equals_calculate(chgnet_calc):
+    rng = np.random.default_rng(3)
+    structures = [bulk("Si", "diamond", a=5.43, cubic=True), bulk("NaCl", "rocksalt", a=5.64, cubic=True),
+                  bulk("Cu", "fcc", a=3.615, cubic=True).repeat((2, 1, 1))]
+    for a in structures:
+        a.positions += rng.normal(0.0, 0.05, a.positions.shape)
+    batched = chgnet_calc.calculate_batch(structures)
+    for atoms, result in zip(structures, batched):
+        chgnet_calc.calculate(atoms.copy(), ["energy"], all_changes)
+        assert result["energy"] == pytest.approx(chgnet_calc.results["energy"], abs=1e-5 * len(atoms))
+        np.testing.assert_allclose(result["forces"], chgnet_calc.results["forces"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(result["stress"], chgnet_calc.results["stress"], rtol=0, atol=1e-7)
+
+
+def test_chunks_respect_the_atom_budget():
+    from mdxrd.calculator import _chunks
+
+    def sizes(n_atoms, max_atoms):
+        return [sum(n_atoms[c.start:c.stop]) for c in _chunks(n_atoms, max_atoms)]
+
+    assert sizes([64] * 6, 128) == [128, 128, 128]
+    assert sizes([32] * 6, 128) == [96, 96]  # 192 atoms: two groups, balanced
+    assert sizes([200, 64], 128) == [200, 64]  # a structure larger than the budget goes alone
+    assert sizes([64] * 5, None) == [320]
+    assert _chunks([], 128) == []
+    # every structure exactly once, in order, each group within the budget
+    chunks = _chunks([10, 50, 30, 20, 20] * 7, 100)
+    assert [i for c in chunks for i in c] == list(range(35))
+    assert all(sum(([10, 50, 30, 20, 20] * 7)[c.start:c.stop]) <= 100 for c in chunks)
+
+
+def test_batcher_waits_for_every_active_run_and_lets_finished_runs_go(tmp_path):
+    # Runs of 30, 60 and 90 steps: the batch holds 3 structures, then 2, then 1.
+    atoms = cu_fcc(repeat=2)
+    runs = [MDParams(ensemble="nvt_berendsen", temperature_K=300.0, n_steps=n, n_equil=10, n_interval=10, seed=n)
+            for n in (30, 60, 90)]
+    calc = FreshEMT()
+    seen: list[int] = []
+    real = LockstepBatcher._evaluate_when_all_pending
+
+    def spy(self):
+        if self._pending and len(self._pending) >= len(self._active):
+            seen.append(len(self._pending))
+        real(self)
+
+    LockstepBatcher._evaluate_when_all_pending = spy
+    try:
+        outcomes = run_md_batch([(atoms, p, tmp_path / f"r{i}") for i, p in enumerate(runs)], calc=calc)
+    finally:
+        LockstepBatcher._evaluate_when_all_pending = real
+    assert all(isinstance(o, dict) for o in outcomes)
+    assert seen[0] == 3 and set(seen) == {1, 2, 3}
+    # 31 evaluations of all three (step 0 .. 30), 30 of two, 30 of one
+    assert seen.count(3) == 31 and seen.count(2) == 30 and seen.count(1) == 30
+
+
+def test_a_run_that_blows_up_fails_alone_and_the_rerun_keeps_its_batch_mates(tmp_path):
+    # Run 1 starts at 10 x T0 with a runaway limit of 3 x T0: MDError at step 0. The other two
+    # finish; their finished state stays as a checkpoint, so running the batch again writes
+    # their outputs without MD and fails run 1 again.
+    atoms = cu_fcc(repeat=2)
+    good = dict(ensemble="nvt_langevin", temperature_K=300.0, n_steps=40, n_equil=10, n_interval=10)
+    runs = [MDParams(seed=1, **good),
+            MDParams(seed=2, start_temperature_factor=10.0, max_temperature_ratio=3.0, **good),
+            MDParams(seed=3, **good)]
+    batch = [(atoms, p, tmp_path / f"r{i}") for i, p in enumerate(runs)]
+    outcomes = run_md_batch(batch, calc=FreshEMT())
+    assert isinstance(outcomes[1], MDError) and "ran away" in str(outcomes[1])
+    assert not (tmp_path / "r1" / "thermo.csv").exists()
+    for i in (0, 2):
+        assert outcomes[i]["resumed_from_step"] == 0
+        assert (tmp_path / f"r{i}" / "checkpoint.pkl").is_file()
+        run_md(atoms, runs[i], tmp_path / f"alone{i}", calc=FreshEMT())
+        _assert_same_run(tmp_path / f"r{i}", tmp_path / f"alone{i}")
+        (tmp_path / f"r{i}" / "thermo.csv").unlink()  # as Snakemake removes a failed job's outputs
+    again = run_md_batch(batch, calc=FreshEMT())
+    assert isinstance(again[1], MDError)
+    for i in (0, 2):
+        assert again[i]["resumed_from_step"] == 40
+        _assert_same_run(tmp_path / f"r{i}", tmp_path / f"alone{i}")
+
+
+def test_cli_runs_a_batch_and_names_the_failed_run(tmp_path):
+    pytest.importorskip("chgnet")
+    write(tmp_path / "cell.traj", bulk("Si", "diamond", a=5.4612, cubic=True))
+    args = [sys.executable, "-m", "mdxrd", "md", str(tmp_path / "cell.traj")]
+    for i, extra in enumerate([{}, {"start_temperature_factor": 10.0, "max_temperature_ratio": 3.0}]):
+        params = dict(ensemble="nvt_berendsen", temperature_K=300.0, n_steps=6, n_equil=2, n_interval=2,
+                      device="cpu", seed=i, **extra)
+        (tmp_path / f"p{i}.json").write_text(json.dumps(params))
+        args += ["--out-dir", str(tmp_path / f"r{i}"), "--params", str(tmp_path / f"p{i}.json")]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'r1'}: step 0: temperature" in proc.stderr
+    record = json.loads((tmp_path / "r0" / "run.json").read_text())
+    assert record["runs_in_batch"] == 2 and record["calculator"] == "FastCHGNetCalculator"
+    proc = subprocess.run(args[:9] + args[11:], capture_output=True, text=True)
+    assert proc.returncode != 0 and "one of each per run" in proc.stderr
