@@ -58,7 +58,7 @@ def _path_without_slurm(tmp_path: Path) -> str:
 
 
 def test_dry_run_with_slurm_profile_default_grid(tmp_path):
-    """`snakemake -n --profile profiles/slurm` on a machine without SLURM; 44 submissions for the default grid."""
+    """`snakemake -n --profile profiles/slurm` on a machine without SLURM; 29 submissions for the default grid."""
     env = {**os.environ, "PATH": _path_without_slurm(tmp_path)}
     res = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--profile", "profiles/slurm"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
@@ -66,11 +66,12 @@ def test_dry_run_with_slurm_profile_default_grid(tmp_path):
     assert res.returncode == 0, out[-5000:]
     assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in out
     runs = 3 * 3 * 2
-    assert _submissions(res.stdout) == {"group crystal_0K": 3, "md": runs, "group post": runs,
+    assert _submissions(res.stdout) == {"group crystal_0K": 3, "md": 3, "group post": runs,
                                         "group crystal_qc": 3, "group dataset_parts": 1, "group final": 1}
-    # md asks for one GPU and a time limit from atoms x steps; the CPU rules for none
+    # md (a crystal's 6 runs in one job) asks for one GPU and a time limit from atoms x steps x runs;
+    # the CPU rules for none
     md_resources = re.findall(r"^rule md:\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.MULTILINE)
-    assert len(md_resources) == runs and all("gpu=1" in r and "runtime=" in r for r in md_resources)
+    assert len(md_resources) == 3 and all("gpu=1" in r and "runtime=" in r for r in md_resources)
     other = re.findall(r"^ *rule (?:structure|snapshots|xrd|dataset):\n(?: .*\n)*? *resources: (.*)$",
                        res.stdout, re.MULTILINE)
     assert len(other) == 3 + 2 * runs + 1 and not any("gpu" in r for r in other)
@@ -186,7 +187,7 @@ def test_snakemake_profile_slurm_runs_on_a_cluster(cluster, tmp_path):
         kinds[jobid] = next((g for g in ("group_post", "group_crystal_0K", "group_crystal_qc", "group_dataset_parts",
                                          "group_final")
                              if kind.startswith(g + "_")), kind)
-    assert sorted(kinds.values()) == sorted(["group_crystal_0K", "rule_md", "rule_md", "group_post", "group_post",
+    assert sorted(kinds.values()) == sorted(["group_crystal_0K", "rule_md", "group_post", "group_post",
                                              "group_crystal_qc", "group_dataset_parts", "group_final"]), out[-4000:]
     for jobid, kind in kinds.items():
         job = _scontrol_job(jobid)

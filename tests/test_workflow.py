@@ -31,9 +31,10 @@ def test_dry_run_default_config_lists_the_grid():
     assert res.returncode == 0, res.stderr + res.stdout
     counts = _job_counts(res.stdout)
     runs = 3 * 3 * 2  # crystals x ensembles x temperatures
-    assert counts == {"structure": 3, "reference": 3, "md": runs, "snapshots": runs, "xrd": runs,
+    # md.runs_per_job auto: the 6 runs of a crystal in one MD job
+    assert counts == {"structure": 3, "reference": 3, "md": 3, "snapshots": runs, "xrd": runs,
                       "qc": 3, "plots": 3, "dataset_part": 3, "dataset": 1, "qc_potentials": 1, "all": 1,
-                      "total": 5 * 3 + 3 * runs + 3}
+                      "total": 6 * 3 + 2 * runs + 3}
 
 
 def test_dry_run_glob_of_structure_files(tmp_path):
@@ -43,7 +44,7 @@ def test_dry_run_glob_of_structure_files(tmp_path):
                           "-n", "--cores", "2"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     counts = _job_counts(res.stdout)
-    assert counts["structure"] == 3 and counts["md"] == 3 * 2 and counts["dataset_part"] == 3
+    assert counts["structure"] == 3 and counts["md"] == 3 and counts["dataset_part"] == 3
     params = tmp_path / "results" / "params"
     assert json.loads((params / "Cu" / "structure.json").read_text())["supercell"] == [3, 3, 3]
     assert json.loads((params / "Cu" / "xrd.json").read_text())["supercell"] == [3, 3, 3]
@@ -228,7 +229,7 @@ def test_adding_a_crystal_reruns_only_its_jobs(tiny_run, tmp_path):
                           str(tmp_path / "more.yaml"), "-n", "--cores", "2"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     counts = _job_counts(res.stdout)
-    assert counts["dataset_part"] == 1 and counts["structure"] == 1 and counts["md"] == 2 and counts["dataset"] == 1
+    assert counts["dataset_part"] == 1 and counts["structure"] == 1 and counts["md"] == 1 and counts["dataset"] == 1
     assert "output: results/dataset/crystal=Si/" in res.stdout and "output: results/dataset/crystal=Cu" not in res.stdout
     # the workflow's own parameter files are back to the tiny config's for the other tests
     subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
@@ -238,12 +239,18 @@ def test_adding_a_crystal_reruns_only_its_jobs(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_tiny_run_logs_and_benchmarks(tiny_run):
     work, _ = tiny_run
-    md_logs = list((work / "logs" / "md").rglob("*.log"))
-    assert len(md_logs) == 2 and all("steps of 32 atoms" in p.read_text() for p in md_logs)
-    # progress lines (md.progress_interval = 50 > 20 steps: the last step only) with T, P, V, speed, ETA
-    assert all(re.search(r"step 20/20  T [0-9.]+ K  P -?[0-9.]+ GPa  V [0-9.]+ A\^3  [0-9.]+ steps/s  ETA 0 s",
-                         p.read_text()) for p in md_logs)
-    assert len(list((work / "results" / "benchmarks" / "md").rglob("*.tsv"))) == 2
+    # one MD job (md.runs_per_job auto) for the two runs; each log line of a run names it
+    (md_log,) = list((work / "logs" / "md").rglob("*.log"))
+    text = md_log.read_text()
+    for run in ("results/md/Cu/nvt_langevin/300K/r0", "results/md/Cu/npt_berendsen/300K/r0"):
+        assert re.search(rf"\[{run}\] \S+ 300 K: 20 steps of 32 atoms", text), text[-3000:]
+        # progress lines (md.progress_interval = 50 > 20 steps: the last step only) with T, P, V, speed, ETA
+        assert re.search(rf"\[{run}\] step 20/20  T [0-9.]+ K  P -?[0-9.]+ GPa  V [0-9.]+ A\^3  [0-9.]+ steps/s  ETA 0 s",
+                         text), text[-3000:]
+    # batched: most evaluations held both runs (the NPT run's 2 bulk-modulus and 10 pre-equilibration
+    # calls come while the NVT run goes on)
+    assert re.search(r"2 runs, \d+ batched evaluations, mean batch 1\.[5-9]", text), text[-3000:]
+    assert len(list((work / "results" / "benchmarks" / "md").rglob("*.tsv"))) == 1
     assert len(list((work / "results" / "benchmarks" / "xrd").rglob("*.tsv"))) == 2
 
 

@@ -1,6 +1,7 @@
 # Configuration check, input functions and shared names. The physics is in the mdxrd
 # package (workflow/mdxrd); this file only connects it to Snakemake.
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -38,6 +39,7 @@ RUNS = mdconf.runs(config)
 CRYSTALS = [c["name"] for c in config["crystals"]]  # dataset parts: one per crystal, all its potentials
 UNITS = [u["name"] for u in mdconf.units(config)]  # crystal x potential: structure, reference, qc, plots
 DATASET = f"{RESULTS}/{mdconf.LAYOUT['dataset']}"
+MD_BATCHES = mdconf.md_batches(config)  # the runs of every crystal, split into MD jobs (md.runs_per_job)
 
 wildcard_constraints:
     crystal=r"[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9][A-Za-z0-9_.-]*)?",
@@ -95,3 +97,15 @@ def report_inputs(wildcards):
     """The report figures and QC table of every crystal."""
     kinds = ("plot_patterns", "plot_zoom", "plot_thermal", "plot_traces", "qc_html")
     return [out(kind).format(crystal=c) for c in UNITS for kind in kinds] + [out("qc_potentials")]
+
+
+def md_run_files(template, batch):
+    """`template` (a path with run wildcards) for every run of `batch`, the {crystal} wildcard left open."""
+    return [template.replace("{ensemble}", w["ensemble"]).replace("{temperature}", w["temperature"])
+            .replace("{replica}", w["replica"]) for w in batch]
+
+
+def md_run_args(wildcards, input, output):
+    """Command-line arguments: --out-dir and --params of every run of the job."""
+    return " ".join(f"--out-dir {shlex.quote(os.path.dirname(thermo))} --params {shlex.quote(params)}"
+                    for thermo, params in zip(output.thermo, input.params))
