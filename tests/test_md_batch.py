@@ -96,7 +96,7 @@ def chgnet_calc():
     from mdxrd.calculator import make_calculator
 
     calc = make_calculator("fast", device="cpu")
-    calc.max_batch_atoms = None  # one forward pass for the whole batch, even on the CPU
+    calc.max_batch = None  # one forward pass for the whole batch, even on the CPU
     return calc
 
 
@@ -128,23 +128,6 @@ def test_chgnet_calculate_batch_equals_calculate(chgnet_calc):
         assert result["energy"] == pytest.approx(chgnet_calc.results["energy"], abs=1e-5 * len(atoms))
         np.testing.assert_allclose(result["forces"], chgnet_calc.results["forces"], rtol=0, atol=1e-5)
         np.testing.assert_allclose(result["stress"], chgnet_calc.results["stress"], rtol=0, atol=1e-7)
-
-
-def test_chunks_respect_the_atom_budget():
-    from mdxrd.calculator import _chunks
-
-    def sizes(n_atoms, max_atoms):
-        return [sum(n_atoms[c.start:c.stop]) for c in _chunks(n_atoms, max_atoms)]
-
-    assert sizes([64] * 6, 128) == [128, 128, 128]
-    assert sizes([32] * 6, 128) == [96, 96]  # 192 atoms: two groups, balanced
-    assert sizes([200, 64], 128) == [200, 64]  # a structure larger than the budget goes alone
-    assert sizes([64] * 5, None) == [320]
-    assert _chunks([], 128) == []
-    # every structure exactly once, in order, each group within the budget
-    chunks = _chunks([10, 50, 30, 20, 20] * 7, 100)
-    assert [i for c in chunks for i in c] == list(range(35))
-    assert all(sum(([10, 50, 30, 20, 20] * 7)[c.start:c.stop]) <= 100 for c in chunks)
 
 
 def test_batcher_waits_for_every_active_run_and_lets_finished_runs_go(tmp_path):

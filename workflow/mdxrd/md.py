@@ -59,6 +59,15 @@ written atomically to ``checkpoint.pkl`` in the output directory. A rerun of a
 killed job with the same parameters resumes from it; with one torch thread the
 resumed run is bit-identical to an uninterrupted one. The checkpoint is removed
 once the outputs are written.
+
+Batched runs (:func:`run_md_batch`, ``mdxrd md`` with several ``--out-dir``/``--params``): K runs
+of any ensembles, temperatures, replicas and crystals advance in lockstep, each in its own thread
+running :func:`run_md` unchanged; a :class:`LockstepBatcher` gathers the K energy/force/stress
+requests of a step and makes one potential call for all of them (CHGNet: one batched forward and
+backward pass). A batched run's trajectory equals the run alone to the bit (the batched network
+pass repeats the single pass's arithmetic; tested for CHGNet over 50 steps and EMT over 150). A
+run that blows up leaves the batch and the others go on; when one failed, the finished runs keep a
+checkpoint at their last step, so a rerun of the job writes them again without MD.
 """
 
 from __future__ import annotations
@@ -508,8 +517,8 @@ class LockstepBatcher:
 
     Every run is a thread executing :func:`run_md` unchanged (same integrators, seeds, checks,
     checkpoints) with :meth:`calculator` as its ASE calculator. A run's energy/force/stress call
-    blocks until every run still in the batch has made its own; the last run to call evaluates
-    all of them with one call of ``evaluate`` (for CHGNet one batched forward and backward pass,
+    blocks until every run still in the batch has made its own; the last run to call has all of
+    them evaluated with one call of ``evaluate`` (for CHGNet one batched forward and backward pass,
     :meth:`mdxrd.calculator.FastCHGNetCalculator.calculate_batch`) and hands each run its result.
     The runs' own work between calls (integrator, thermo, checks) is NumPy on arrays of N atoms.
     A run that finishes or fails leaves the batch (:meth:`leave`) and the others go on without it.
