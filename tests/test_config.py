@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mdxrd.config import ConfigError, load_config, md_params, runs, validate_config
+from mdxrd.config import ConfigError, load_config, md_batches, md_job_mem_mb, md_params, runs, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,9 @@ def test_defaults_filled_from_schema(monkeypatch):
     ("crystals.0.B_exp_A2", {"value": {"Si": -0.4}, "source": "x"}, "crystals[0].B_exp_A2.value.Si: -0.4"),
     ("qc.min_independent_snapshots", -1, "qc.min_independent_snapshots: -1 is less than the minimum of 0"),
     ("reference.eos_points", 3, "reference.eos_points: 3 is less than the minimum of 5"),
+    ("md.runs_per_job", 0, "md.runs_per_job: 0 is not valid under any of the given schemas (allowed: an integer >= 1"
+                           " or one of auto)"),
+    ("md.runs_per_job", "all", "md.runs_per_job: 'all' is not valid"),
 ])
 def test_bad_values_rejected_with_field(default_raw, monkeypatch, path, value, expect):
     monkeypatch.chdir(REPO)
@@ -148,3 +151,20 @@ def test_check_cli_exit_codes(tmp_path):
     assert res.returncode == 2
     assert "md.timestep_fs: 9.0 is greater than the maximum of 5.0" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_md_jobs_split_the_runs_of_a_crystal(default_raw, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = validate_config(default_raw)
+    grid = [(e, t) for e in ("nvt_langevin", "nvt_berendsen", "npt_berendsen") for t in ("300", "600")]
+
+    def split(c):
+        return [[(w["ensemble"], w["temperature"]) for w in batch] for batch in md_batches(c)]
+
+    assert split(cfg) == [grid]  # auto: the 6 runs of a crystal in one job
+    assert split(_with(cfg, "md.runs_per_job", 4)) == [grid[:4], grid[4:]]
+    assert split(_with(cfg, "md.runs_per_job", 1)) == [[g] for g in grid]
+    # auto under a memory cap: the largest supercell (64 atoms) needs 0.025 x 64^2 = 102 MB per run
+    assert md_job_mem_mb(cfg, 64, 6) == 1000 + int(0.025 * 64**2 * 6)
+    assert [len(b) for b in md_batches(_with(cfg, "md.max_job_mem_mb", 1000 + 2 * 103))] == [2, 2, 2]
+    assert [len(b) for b in md_batches(_with(cfg, "md.max_job_mem_mb", 1000))] == [1] * 6

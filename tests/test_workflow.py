@@ -37,6 +37,23 @@ def test_dry_run_default_config_lists_the_grid():
                       "total": 6 * 3 + 2 * runs + 3}
 
 
+def test_dry_run_runs_per_job_splits_md(tmp_path):
+    """md.runs_per_job 4: a crystal's 6 runs in two MD jobs (rules md_0, md_1), 4 and 2 runs."""
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["md"]["runs_per_job"] = 4
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--cores", "2", "--configfile", str(tmp_path / "c.yaml")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    counts = _job_counts(res.stdout)
+    assert counts["md_0"] == 3 and counts["md_1"] == 3 and "md" not in counts
+    jobs = re.findall(r"^rule (md_\d):\n(?:    .*\n)*?    output: (.*)\n", res.stdout, re.MULTILINE)
+    runs = {rule: {len(re.findall(r"thermo\.csv", outputs)) for r, outputs in jobs if r == rule} for rule in ("md_0", "md_1")}
+    assert runs == {"md_0": {4}, "md_1": {2}}
+    # back to the default parameter files for the other tests
+    subprocess.run([*SNAKEMAKE, "-n", "--cores", "1"], cwd=REPO, capture_output=True, check=True)
+
+
 def test_dry_run_glob_of_structure_files(tmp_path):
     """crystals: a glob: one crystal per file, named by its stem, supercell auto (Cu: 3x3x3 for 10 A)."""
     res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
