@@ -256,11 +256,7 @@ class FastCHGNetCalculator(Calculator):
             As in ``ase.calculators.calculator.Calculator.calculate``.
         """
         super().calculate(atoms, properties, system_changes)
-        # Built from the arrays as AseAtomsAdaptor does, without its warning about ASE constraints
-        # (FixCom, FixSymmetry) that a structure cannot carry and the model does not need.
-        graph = crystal_graph(self.model.graph_converter, _structure(self.atoms)).to(self.device)
-        ((energy, forces, stress_gpa),) = energy_forces_stress(self.model, [graph])
-        self.results = _ase_results(energy, forces, stress_gpa, self.stress_weight)
+        (self.results,) = self.calculate_batch([self.atoms])
 
     def calculate_batch(self, atoms_list: list[Atoms]) -> list[dict[str, float | np.ndarray]]:
         """Energy, forces and stress of several structures from one batched forward and backward pass.
@@ -347,14 +343,15 @@ def energy_forces_stress(model: CHGNet, graphs: list) -> list[tuple[float, np.nd
             total, [*batched.atom_positions, *batched.strains], create_graph=False, retain_graph=False
         )
     k = len(graphs)
-    e = energy.detach() + comp_energy
-    out = []
-    for i in range(k):
-        stress_gpa = d_e_d_r[k + i] / batched.volumes[i] * _EV_PER_A3_TO_GPA
-        e_total = float(e[i].item()) * (int(n_atoms[i]) if model.is_intensive else 1)
-        out.append((e_total, -d_e_d_r[i].detach().cpu().numpy().astype(np.float64),
-                    stress_gpa.detach().cpu().numpy().astype(np.float64)))
-    return out
+    # one device-to-host copy per quantity for the whole batch
+    e = (energy.detach() + comp_energy).cpu().numpy()
+    forces = -torch.cat(d_e_d_r[:k]).detach().cpu().numpy().astype(np.float64)
+    stress_gpa = (torch.stack(d_e_d_r[k:]) / batched.volumes.reshape(-1, 1, 1) * _EV_PER_A3_TO_GPA).detach()
+    stress_gpa = stress_gpa.cpu().numpy().astype(np.float64)
+    counts = n_atoms.cpu().numpy()
+    per_atom = counts if model.is_intensive else np.ones(k, dtype=int)
+    return [(float(e[i]) * int(per_atom[i]), f, stress_gpa[i])
+            for i, f in enumerate(np.split(forces, np.cumsum(counts)[:-1]))]
 
 
 def make_calculator(

@@ -31,7 +31,7 @@ for _i, _batch in enumerate(MD_BATCHES):
             gpu=1,
             mem_mb=lambda wc, attempt, n=len(_batch): attempt * mdconf.md_job_mem_mb(config, crystal_atoms(wc), n),
             runtime=lambda wc, attempt, n=len(_batch): attempt
-            * (10 + int(0.02 * crystal_atoms(wc) * config["md"]["n_steps"] * n / config["md"]["threads"] / 60)),
+            * (10 + int(0.02 * crystal_atoms(wc) * config["md"]["n_steps"] * n / 60)),
         conda:
             "../../envs/chgnet.yaml"
         shell:
