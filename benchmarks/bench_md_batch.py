@@ -171,6 +171,8 @@ def main() -> int:
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--steps", type=int, nargs="+", help="MD steps per system (default: Si64 10, MgO216 3)")
     parser.add_argument("--parallel", type=int, default=1, help="processes at a time, per-process path")
+    parser.add_argument("--per-process-ks", type=int, nargs="+",
+                        help="the K values of the per-process path (default: --ks; it grows as K x (start + run))")
     parser.add_argument("--skip", nargs="*", default=[], choices=["per_process", "stock"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -197,12 +199,12 @@ def main() -> int:
         work = Path(tmp)
         for name in args.systems:
             n = steps[name]
-            batched(name, 1, 2, fast, args.device, work)  # warm-up: kernels, allocator
+            batched(name, 2, 2, fast, args.device, work)  # warm-up: kernels, allocator
             base = None
             for k in args.ks:
                 row = {"system": name, "n_atoms": len(build(name)), "K": k, "steps": n, "device": args.device,
                        "batched": batched(name, k, n, fast, args.device, work)}
-                if "per_process" not in args.skip:
+                if "per_process" not in args.skip and k in (args.per_process_ks or args.ks):
                     row["per_process"] = per_process(name, k, n, args.device, parallel, work)
                 if "stock" not in args.skip:
                     row["stock"] = stock(name, k, n, slow, work)

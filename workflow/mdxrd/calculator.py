@@ -20,7 +20,7 @@ been used and builds no graph of the gradient itself. The network weights are
 marked as not requiring gradients for the duration of the call (and restored
 after), so no activations are kept for weight gradients either. The crystal graph is
 CHGNet's, built with array operations (:func:`mdxrd.crystal_graph.crystal_graph`, equal to
-CHGNet's converter to the bit and 5-25x faster); the composition model and the network are
+CHGNet's converter to the bit and 4-25x faster); the composition model and the network are
 CHGNet's own; only the lines of ``CHGNet._compute`` that call ``autograd.grad`` are replaced. Results
 equal the stock calculator's to float32 round-off (forces within ~1e-5 eV/A).
 
