@@ -164,6 +164,11 @@ def md_job_mem_mb(config: dict[str, Any], n_atoms: int, n_runs: int) -> int:
     return int(MD_BASE_MEM_MB + MD_MEM_MB_PER_ATOM2[config["md"]["calculator"]] * n_atoms**2 * n_runs)
 
 
+def supercell_atoms(entry: dict[str, Any]) -> int:
+    """Atoms in the supercell of a checked crystal entry (its cell's atoms x na x nb x nc)."""
+    return entry["n_atoms_cell"] * math.prod(entry["supercell"])
+
+
 def md_batches(config: dict[str, Any]) -> list[list[dict[str, str]]]:
     """The runs of one crystal split into MD jobs: per job, the {ensemble, temperature, replica} wildcards.
 
@@ -175,7 +180,7 @@ def md_batches(config: dict[str, Any]) -> list[list[dict[str, str]]]:
             for e, t, r in itertools.product(config["ensembles"], config["temperatures_K"], range(config["replicas"]))]
     per_job = config["md"]["runs_per_job"]
     if per_job == "auto":
-        largest = max((u["n_atoms_cell"] * math.prod(u["supercell"]) for u in units(config)), default=1)
+        largest = max((supercell_atoms(u) for u in units(config)), default=1)
         per_run = md_job_mem_mb(config, largest, 1) - MD_BASE_MEM_MB
         per_job = max(1, (config["md"]["max_job_mem_mb"] - MD_BASE_MEM_MB) // max(1, per_run))
     return [grid[i:i + per_job] for i in range(0, len(grid), per_job)]

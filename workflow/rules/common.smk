@@ -73,9 +73,7 @@ def crystal_cif(wildcards):
 
 def crystal_atoms(wildcards):
     """Atoms of the crystal's supercell, for resource estimates (from the checked record, no CIF read)."""
-    entry = mdconf.crystal(config, wildcards.crystal)
-    sc = entry["supercell"]
-    return entry["n_atoms_cell"] * sc[0] * sc[1] * sc[2]
+    return mdconf.supercell_atoms(mdconf.crystal(config, wildcards.crystal))
 
 
 def crystal_run_files(crystal, kinds):
