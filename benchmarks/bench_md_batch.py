@@ -72,10 +72,10 @@ def params(k: int, steps: int, device: str) -> list:
 class StepProfile:
     """Time spent building graphs and in the network, accumulated over calls (patched in)."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self) -> None:
         import mdxrd.calculator as calculator
 
-        self.module, self.device = calculator, device
+        self.module = calculator
         self.graph_s = self.network_s = 0.0
         self._graph, self._network = calculator.crystal_graph, calculator.energy_forces_stress
 
@@ -109,7 +109,7 @@ def batched(name: str, k: int, steps: int, calc, device: str, work: Path) -> dic
     atoms = build(name)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    with StepProfile(device) as prof:
+    with StepProfile() as prof:
         t0 = time.perf_counter()
         outcomes = run_md_batch([(atoms, p, work / f"b{k}_{i}") for i, p in enumerate(params(k, steps, device))],
                                 calc=calc)

@@ -782,8 +782,6 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     outcomes = run_md_batch([(atoms, p, d) for p, d in zip(runs, args.out_dir)])
     failed = [f"{d}: {o}" for d, o in zip(args.out_dir, outcomes) if isinstance(o, BaseException)]
-    for line in failed:
-        log.error("failed run %s", line)
     if failed:
         raise MDError(f"{len(failed)} of {len(runs)} runs failed:\n" + "\n".join(failed))
     return 0

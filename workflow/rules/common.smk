@@ -99,8 +99,7 @@ def report_inputs(wildcards):
 
 def md_run_files(template, batch):
     """`template` (a path with run wildcards) for every run of `batch`, the {crystal} wildcard left open."""
-    return [template.replace("{ensemble}", w["ensemble"]).replace("{temperature}", w["temperature"])
-            .replace("{replica}", w["replica"]) for w in batch]
+    return [template.format(crystal="{crystal}", **w) for w in batch]
 
 
 def md_run_args(wildcards, input, output):
