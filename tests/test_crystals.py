@@ -109,7 +109,8 @@ def test_sheet_unknown_column_and_duplicates(monkeypatch, tmp_path):
 
 def test_glob_names_by_stem(tmp_path):
     entries = glob_crystals(str(STRUCTURES / "*.cif"))
-    assert [e["name"] for e in entries] == ["Cu", "NaCl", "Si"] and {e["supercell"] for e in entries} == {"auto"}
+    assert [e["name"] for e in entries] == ["Bi", "Cu", "Mg", "MgCO3", "MgSiO3", "NaCl", "Si", "TiO2"]
+    assert {e["supercell"] for e in entries} == {"auto"}
     with pytest.raises(CrystalTableError, match="no structure file matches"):
         glob_crystals(str(tmp_path / "*.cif"))
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
@@ -125,11 +126,14 @@ def test_glob_config_resolves_auto_supercells(monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     cfg = validate_config({"crystals": "config/structures/*.cif"}, "g.yaml", cache_dir=tmp_path)
     sc = {c["name"]: (c["supercell"], c["n_atoms_cell"]) for c in cfg["crystals"]}
-    assert sc == {"Cu": ([3, 3, 3], 4), "NaCl": ([2, 2, 2], 8), "Si": ([2, 2, 2], 8)}
+    # widths perpendicular to the cell faces: hexagonal a sin(120 deg), monoclinic c sin(beta)
+    assert sc == {"Bi": ([3, 3, 1], 6), "Cu": ([3, 3, 3], 4), "Mg": ([4, 4, 2], 2), "MgCO3": ([3, 3, 1], 30),
+                  "MgSiO3": ([2, 2, 3], 40), "NaCl": ([2, 2, 2], 8), "Si": ([2, 2, 2], 8), "TiO2": ([3, 3, 4], 6)}
     narrow = validate_config({"crystals": "config/structures/*.cif", "structure": {"min_width_A": 5.0}}, "g.yaml",
                              cache_dir=tmp_path)
-    assert {c["name"]: c["supercell"] for c in narrow["crystals"]} == {"Cu": [2, 2, 2], "NaCl": [1, 1, 1],
-                                                                       "Si": [1, 1, 1]}
+    assert {c["name"]: c["supercell"] for c in narrow["crystals"]} == {
+        "Bi": [2, 2, 1], "Cu": [2, 2, 2], "Mg": [2, 2, 1], "MgCO3": [2, 2, 1], "MgSiO3": [1, 1, 2], "NaCl": [1, 1, 1],
+        "Si": [1, 1, 1], "TiO2": [2, 2, 2]}
 
 
 def test_auto_supercell_beyond_max_atoms_refused_or_skipped(monkeypatch, tmp_path):
@@ -141,7 +145,7 @@ def test_auto_supercell_beyond_max_atoms_refused_or_skipped(monkeypatch, tmp_pat
         validate_config(raw, "g.yaml", cache_dir=tmp_path)
     raw["structure"]["skip_too_large"] = True
     cfg = validate_config(raw, "g.yaml", cache_dir=tmp_path)
-    assert [c["name"] for c in cfg["crystals"]] == ["NaCl", "Si"]
+    assert [c["name"] for c in cfg["crystals"]] == ["Bi", "Mg", "NaCl", "Si"]
 
 
 def test_sheet_error_reaches_the_config_message(monkeypatch, tmp_path):

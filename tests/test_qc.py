@@ -1,8 +1,6 @@
-"""Per-run thermal figures (B_iso, tau_int, energy drift), the 0 K reference (E(V), static pattern) and the QC."""
+"""Per-run figures (energy drift), the 0 K reference (E(V), static pattern) and the QC (B_iso: test_displacements.py)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
@@ -10,59 +8,7 @@ import pytest
 
 from mdxrd.qc import b_at, crystal_qc, expansion_coefficient
 from mdxrd.reference import birch_murnaghan, lattice_deviation, static_pattern
-from mdxrd.snapshots import b_iso, b_iso_standard_error, displacements, energy_drift, integrated_autocorrelation_time
-
-
-def _gaussian_frames(n_frames=40, sigmas=None, scales=None, seed=0):
-    """NaCl 2x2x2 snapshots with Gaussian displacements of rms sigma[el] per direction, cells scaled per frame."""
-    from ase.build import bulk
-
-    sigmas = sigmas or {"Na": 0.12, "Cl": 0.08}
-    ref = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(2)
-    rng = np.random.default_rng(seed)
-    sym = np.array(ref.get_chemical_symbols())
-    width = np.array([sigmas[s] for s in sym])[:, None]
-    frames = []
-    for i in range(n_frames):
-        f = ref.copy()
-        s = 1.0 if scales is None else scales[i]
-        f.set_cell(ref.cell * s, scale_atoms=True)  # an NPT cell: the sites scale with it
-        f.positions += rng.normal(0.0, 1.0, f.positions.shape) * width + 0.7  # a rigid shift is removed
-        f.wrap()
-        frames.append(f)
-    return frames, sigmas
-
-
-def test_b_iso_per_element_of_gaussian_displacements():
-    frames, sigmas = _gaussian_frames()
-    b = b_iso(frames)
-    assert set(b) == {"Na", "Cl"}
-    err = b_iso_standard_error(frames)
-    for el, s in sigmas.items():
-        assert b[el] == pytest.approx(8 * math.pi**2 * s**2, rel=0.06)
-        # independent frames: the spread of the per-frame B gives the error of the mean (32 atoms x 3 directions
-        # per element and frame: relative error of one frame sqrt(2/96), of the mean that over sqrt(40))
-        assert err[el] == pytest.approx(b[el] * math.sqrt(2 / 96) / math.sqrt(40), rel=0.35)
-
-
-def test_b_iso_unchanged_by_a_barostat_scaling_the_cell():
-    scales = 1.0 + 0.01 * np.sin(np.arange(40))  # +-1 % lattice breathing, as in NPT
-    fixed, _ = _gaussian_frames()
-    npt, _ = _gaussian_frames(scales=scales)
-    for el in ("Na", "Cl"):
-        assert b_iso(npt)[el] == pytest.approx(b_iso(fixed)[el], rel=0.03)
-    # about mean positions unwrapped in the scaled cell: a site is never a full cell away
-    assert np.abs(displacements(npt)).max() < 1.0
-
-
-def test_integrated_autocorrelation_time_of_ar1():
-    phi = 0.8
-    rng = np.random.default_rng(1)
-    x = np.zeros(100_000)
-    for i in range(1, x.size):
-        x[i] = phi * x[i - 1] + rng.normal()
-    assert integrated_autocorrelation_time(x) == pytest.approx((1 + phi) / (1 - phi), rel=0.1)
-    assert integrated_autocorrelation_time(rng.normal(size=5000)) == pytest.approx(1.0, abs=0.15)
+from mdxrd.snapshots import energy_drift
 
 
 def test_energy_drift_is_the_slope_per_atom():
@@ -158,6 +104,7 @@ def _runs(b_per_K, volume_per_K, equilibrated=True, n_ind=8.0, lindemann=0.08):
                          "lattice": {"a": v ** (1 / 3), "b": v ** (1 / 3), "c": v ** (1 / 3)}, "volume_parent_A3": v,
                          "summary": {"equilibrated": equilibrated, "misses": [], "window_T_K": t, "window_T_sem_K": 5.0,
                                      "n_independent_snapshots": n_ind, "n_snapshots": 8, "tau_int_E_pot_fs": 20.0,
+                                     "tau_int_u_fs": 30.0, "tau_int_msd_fs": 40.0,
                                      "sample_interval_fs": 50.0, "lindemann_ratio": lindemann,
                                      "melted": lindemann > 0.2, "B_iso_A2": {"Cu": b_per_K * t}}})
     return runs
@@ -171,7 +118,7 @@ def _reference():
 
 
 TOL = {"min_independent_snapshots": 4, "lattice_tolerance": 0.01, "alpha_tolerance": 0.3,
-       "bulk_modulus_tolerance": 0.2, "B_iso_tolerance": 0.2}
+       "bulk_modulus_tolerance": 0.2, "B_iso_tolerance": 0.2, "B_iso_pattern_tolerance": 0.15}
 
 
 def test_crystal_qc_compares_with_experiment_and_flags():
@@ -209,3 +156,45 @@ def test_crystal_qc_without_experiment_or_npt_has_no_comparison_rows():
     assert fig["alpha_L_per_K"] is None and fig["B_reference_runs"] == "all"
     assert not [r for r in rows if r["check"].endswith("_vs_experiment")]
     assert fig["B_at_reference_A2"]["Cu"] == pytest.approx(0.002 * 293.0)
+
+
+def test_crystal_qc_per_axis_expansion_of_a_hexagonal_crystal():
+    # a(T) = a0 (1 + 25e-6 T), c(T) = c0 (1 + 10e-6 T): alpha_a and alpha_c apart, alpha_L their mean
+    a0, c0 = 3.2, 5.2
+    runs = _runs(0.002, 0.0)
+    for r in runs:
+        t = r["temperature_K"]
+        a, c = a0 * (1 + 25e-6 * t), c0 * (1 + 10e-6 * t)
+        r["lattice"] = {"a": a, "b": a, "c": c}
+        r["volume_parent_A3"] = np.sqrt(3) / 2 * a * a * c
+    reference = {**_reference(), "relaxed_lattice": {"a": a0, "b": a0, "c": c0},
+                 "cif_lattice": {"a": a0, "b": a0, "c": c0}}
+    crystal = {"name": "Mg", "reference_T_K": 293.0,
+               "c_exp_A": {"value": c0 * (1 + 10e-6 * 293.0) * 1.02, "source": "test"},
+               "alpha_a_exp_per_K": {"value": 25e-6, "source": "test"},
+               "alpha_c_exp_per_K": {"value": 20e-6, "source": "test"}}
+    fig, rows = crystal_qc(crystal, reference, runs, TOL)
+    assert fig["axes"] == ["a", "c"]
+    assert fig["alpha_axes_per_K"]["a"] == pytest.approx(25e-6 / (1 + 25e-6 * 450), rel=1e-6)
+    assert fig["alpha_axes_per_K"]["c"] == pytest.approx(10e-6 / (1 + 10e-6 * 450), rel=1e-6)
+    assert fig["alpha_L_per_K"] == pytest.approx((2 * 25e-6 + 10e-6) / 3, rel=0.02)  # (1/3) dlnV/dT
+    assert fig["lattice_at_reference_A"]["c"] == pytest.approx(c0 * (1 + 10e-6 * 293.0), rel=1e-9)
+    by_check = {r["check"]: r for r in rows if r["scope"] == "crystal"}
+    assert by_check["alpha_a_vs_experiment"]["status"] == "pass"
+    assert by_check["alpha_c_vs_experiment"]["deviation"] == pytest.approx(-0.5, abs=0.01)
+    assert by_check["alpha_c_vs_experiment"]["status"] == "warn"
+    assert by_check["lattice_c_vs_experiment"]["deviation"] == pytest.approx(1 / 1.02 - 1, rel=1e-6)
+    assert "alpha_b_vs_experiment" not in by_check  # no reference, no row
+
+
+def test_crystal_qc_b_iso_against_the_runs_own_pattern():
+    runs = _runs(0.002, 0.0025)
+    runs[0]["pattern_debye_waller"] = {"scale": 1.05, "B_pattern_A2": {"Cu": 0.63}, "n_reflections": 30,
+                                       "s2_max_per_A2": 1.5}
+    runs[1]["pattern_debye_waller"] = {"scale": 0.7, "B_pattern_A2": {"Cu": 0.84}, "n_reflections": 30,
+                                       "s2_max_per_A2": 1.5}
+    _, rows = crystal_qc({"name": "Cu"}, _reference(), runs, TOL)
+    pattern = [r for r in rows if r["check"] == "B_iso_vs_pattern"]
+    assert [(r["scope"], r["status"]) for r in pattern] == [("nvt_langevin/300K/r0", "pass"),
+                                                            ("nvt_langevin/600K/r0", "warn")]
+    assert pattern[1]["deviation"] == pytest.approx(-0.3)

@@ -65,30 +65,3 @@ def test_bad_shapes_raise():
         velocity_autocorrelation(np.zeros((10, 3, 3)), np.ones(4), 2)
     with pytest.raises(ValueError):
         velocity_autocorrelation(np.zeros((10, 3, 3)), np.ones(3), 10)
-
-
-def test_lindemann_ratio_of_gaussian_displacements():
-    from ase.build import bulk
-
-    from mdxrd.snapshots import lindemann_ratio
-
-    ref = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
-    d_nn = 3.6 / np.sqrt(2)
-    rng = np.random.default_rng(0)
-    sigma = 0.08  # Angstrom along each direction
-    frames = []
-    for _ in range(20):
-        f = ref.copy()
-        f.positions += rng.normal(0, sigma, f.positions.shape) + [5.0, -3.0, 0.2]  # drift is removed
-        frames.append(f)
-    # 3-D form: sqrt(<|u|^2>) = sqrt(3) sigma
-    assert lindemann_ratio(frames) == pytest.approx(np.sqrt(3.0) * sigma / d_nn, rel=0.03)
-    # a "melt": atoms anywhere in the cell, independently in each frame
-    melt = []
-    for _ in range(5):
-        f = ref.copy()
-        f.set_scaled_positions(rng.uniform(0, 1, (len(ref), 3)))
-        melt.append(f)
-    assert lindemann_ratio(melt) > 0.5
-    with pytest.raises(ValueError):
-        lindemann_ratio(frames[:1])

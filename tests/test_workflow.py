@@ -61,11 +61,12 @@ def test_dry_run_glob_of_structure_files(tmp_path):
                           "-n", "--cores", "2"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     counts = _job_counts(res.stdout)
-    assert counts["structure"] == 3 and counts["md"] == 3 and counts["dataset_part"] == 3
+    names = ["Bi", "Cu", "Mg", "MgCO3", "MgSiO3", "NaCl", "Si", "TiO2"]
+    assert counts["structure"] == len(names) and counts["md"] == len(names) and counts["dataset_part"] == len(names)
     params = tmp_path / "results" / "params"
     assert json.loads((params / "Cu" / "structure.json").read_text())["supercell"] == [3, 3, 3]
     assert json.loads((params / "Cu" / "xrd.json").read_text())["supercell"] == [3, 3, 3]
-    assert sorted(p.name for p in params.iterdir() if p.is_dir()) == ["Cu", "NaCl", "Si"]
+    assert sorted(p.name for p in params.iterdir() if p.is_dir()) == names
 
 
 def test_lint_is_clean():
@@ -84,8 +85,11 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+TINY_CRYSTALS = ["Cu", "Mg", "MgCO3"]  # cubic, hexagonal, R-centred trigonal (hexagonal axes)
+
+
 def _run_tiny(work: Path) -> dict:
-    """Run the .test config (Cu 2x2x2, NVT-Langevin and NPT-Berendsen, 20 CHGNet steps) in ``work``."""
+    """Run the .test config (Cu 2x2x2, Mg 2x2x2, MgCO3 1x1x1; NVT-Langevin and NPT-Berendsen, 20 CHGNet steps)."""
     cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
     for c in cfg["crystals"]:
         c["cif"] = str(REPO / c["cif"])
@@ -107,10 +111,12 @@ def test_tiny_run_dataset(tiny_run):
     work, config = tiny_run
     path = work / "results" / "dataset"
     assert sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) == [
-        "_common_metadata", "crystal=Cu/part-0.parquet"]
+        "_common_metadata", *(f"crystal={c}/part-0.parquet" for c in TINY_CRYSTALS)]
     df, grid, meta = read_dataset(path)
     n_runs, n_snap = 2, len(range(10 + 5, 20 + 1, 5))
-    assert len(df) == 2 * (2 + n_runs * (n_snap + 1))  # two instrument conditions
+    assert len(df) == 3 * 2 * (2 + n_runs * (n_snap + 1))  # three crystals, two instrument conditions
+    check_non_cubic(work, df, grid)
+    df = df[df.crystal == "Cu"]
     check_instrument_conditions(df, grid)
     df = df[df.instrument == "default"]
     assert (df.kind == "average").sum() == n_runs
@@ -127,7 +133,7 @@ def test_tiny_run_dataset(tiny_run):
     assert relaxed.max() > nvt_avg.max()
     # per-run thermal figures: B per element, statistics
     assert all(len(b) == 1 and b[0]["element"] == "Cu" and b[0]["B_A2"] > b[0]["B_sem_A2"] > 0 for b in df.B_iso)
-    assert (df.tau_int_E_pot_fs >= 1.0).all() and (df.n_independent_snapshots <= df.n_snapshots).all()
+    assert (df.tau_int_u_fs > 0).all() and (df.tau_int_msd_fs > 0).all()
     # grid stored once, patterns on it
     assert grid[0] == 20.0 and grid[-1] == pytest.approx(80.0) and np.allclose(np.diff(grid), 0.05)
     assert all(len(x) == len(grid) for x in df.intensity) and all(len(x) == len(grid) for x in df.intensity_bragg)
@@ -167,6 +173,40 @@ def test_tiny_run_dataset(tiny_run):
     assert set(df.split) == {config_split(config)} and set(df.crystal) == {"Cu"}
     assert set(df.cif_sha256) == {file_sha256(config["crystals"][0]["cif"])}
     assert set(df.device) == {"cpu"} and all(list(s) == [2, 2, 2] for s in df.supercell)
+
+
+def check_non_cubic(work: Path, df, grid) -> None:
+    """Mg (hexagonal) and MgCO3 (R-3c, hexagonal axes) through the whole workflow: NPT keeps a = b and
+    gamma = 120 deg, the Bragg flags follow the R lattice, the QC has the c axis, and every peak of every
+    pattern sits within 1 deg of a Bragg position of the crystal (no superlattice peaks from the supercell)."""
+    import pandas as pd
+    from scipy.signal import find_peaks
+
+    for name in ("Mg", "MgCO3"):
+        rows = df[(df.crystal == name) & (df.kind != "static")]
+        assert np.allclose(rows.b, rows.a, rtol=1e-12, atol=0) and np.allclose(rows.gamma, 120.0, rtol=0, atol=1e-9)
+        assert np.allclose(rows[["alpha", "beta"]], 90.0, atol=1e-9)
+        npt = rows[rows.ensemble == "npt_berendsen"]
+        assert npt.c.nunique() > 1 and npt.a.nunique() > 1  # the cell moved, keeping its lattice system
+        qc = json.loads((work / "results" / "qc" / name / "qc.json").read_text())
+        assert qc["axes"] == ["a", "c"] and set(qc["lattice_at_reference_A"]) == {"a", "b", "c"}
+        run = json.loads((work / "results" / "md" / name / "npt_berendsen" / "300K" / "r0" / "run.json").read_text())
+        assert run["equilibration"]["npt_cell"] == ("symmetric 6/mmm" if name == "Mg" else "symmetric -3m")
+        for (ensemble, kind, snapshot), row in rows[rows.instrument == "default"].set_index(
+                ["ensemble", "kind", "snapshot"]).iterrows():
+            refl = pd.read_parquet(work / "results" / "xrd" / name / ensemble / "300K" / "r0" / "reflections.parquet")
+            bragg = np.unique(refl[refl.is_bragg].two_theta.round(3))
+            y = np.asarray(row.intensity, float)
+            peaks, _ = find_peaks(y, prominence=0.005 * y.max())
+            assert len(peaks) > 0
+            far = [grid[p] for p in peaks if np.abs(bragg - grid[p]).min() > 1.0]
+            assert not far, (name, ensemble, kind, snapshot, far)
+    qc = pd.read_parquet(work / "results" / "qc" / "Mg" / "qc.parquet")
+    assert "lattice_c_vs_experiment" in set(qc.check)  # the c axis against Straumanis (1949)
+    # R-centring in hexagonal axes: a reflection is Bragg exactly when -h + k + l = 3n (MgCO3 1x1x1 cell)
+    refl = pd.read_parquet(work / "results" / "xrd" / "MgCO3" / "nvt_langevin" / "300K" / "r0" / "reflections.parquet")
+    allowed = (-refl.h + refl.k + refl.l) % 3 == 0
+    assert (refl.is_bragg == allowed).all() and refl.is_bragg.any() and (~refl.is_bragg).any()
 
 
 def check_instrument_conditions(df, grid) -> None:
@@ -218,15 +258,15 @@ def test_dataset_readers_see_one_table(tiny_run):
     work, _ = tiny_run
     root = work / "results" / "dataset"
     n = len(pd.read_parquet(root))
-    assert n == 2 * (2 + 2 * 3)
-    assert ds.dataset(root).to_table(filter=ds.field("kind") == "average").num_rows == 2 * 2
+    assert n == 3 * 2 * (2 + 2 * 3)
+    assert ds.dataset(root).to_table(filter=ds.field("kind") == "average").num_rows == 3 * 2 * 2
     frame = pl.read_parquet(f"{root}/*/*.parquet", hive_partitioning=True)
-    assert frame.height == n and frame["crystal"].unique().to_list() == ["Cu"]
+    assert frame.height == n and sorted(frame["crystal"].unique().to_list()) == TINY_CRYSTALS
     assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{root}/*/*.parquet')").fetchall() == [(n,)]
     hf = load_dataset("parquet", data_files=f"{root}/*/*.parquet", split="train", cache_dir=str(work / "hf"))
-    assert hf.num_rows == n and set(hf["crystal"]) == {"Cu"}
-    row = hf.filter(lambda r: r["kind"] == "average")[0]
-    assert row["B_iso"][0]["element"] == "Cu" and len(row["intensity"]) == 1201
+    assert hf.num_rows == n and set(hf["crystal"]) == set(TINY_CRYSTALS)
+    row = hf.filter(lambda r: r["kind"] == "average" and r["crystal"] == "MgCO3")[0]
+    assert sorted(b["element"] for b in row["B_iso"]) == ["C", "Mg", "O"] and len(row["intensity"]) == 1201
 
 
 def config_split(config: dict) -> str:
@@ -256,8 +296,9 @@ def test_adding_a_crystal_reruns_only_its_jobs(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_tiny_run_logs_and_benchmarks(tiny_run):
     work, _ = tiny_run
-    # one MD job (md.runs_per_job auto) for the two runs; each log line of a run names it
-    (md_log,) = list((work / "logs" / "md").rglob("*.log"))
+    # one MD job per crystal (md.runs_per_job auto) for its two runs; each log line of a run names it
+    assert len(list((work / "logs" / "md").rglob("*.log"))) == 3
+    (md_log,) = list((work / "logs" / "md" / "Cu").rglob("*.log"))
     text = md_log.read_text()
     for run in ("results/md/Cu/nvt_langevin/300K/r0", "results/md/Cu/npt_berendsen/300K/r0"):
         assert re.search(rf"\[{run}\] \S+ 300 K: 20 steps of 32 atoms", text), text[-3000:]
@@ -267,8 +308,8 @@ def test_tiny_run_logs_and_benchmarks(tiny_run):
     # batched: most evaluations held both runs (the NPT run's 2 bulk-modulus and 10 pre-equilibration
     # calls come while the NVT run goes on)
     assert re.search(r"2 runs, \d+ batched evaluations, mean batch 1\.[5-9]", text), text[-3000:]
-    assert len(list((work / "results" / "benchmarks" / "md").rglob("*.tsv"))) == 1
-    assert len(list((work / "results" / "benchmarks" / "xrd").rglob("*.tsv"))) == 2
+    assert len(list((work / "results" / "benchmarks" / "md").rglob("*.tsv"))) == 3
+    assert len(list((work / "results" / "benchmarks" / "xrd").rglob("*.tsv"))) == 3 * 2
 
 
 @pytest.mark.slow
@@ -295,11 +336,12 @@ def test_drop_melted_runs(tiny_run, tmp_path):
     summary = next((tmp_path / "results" / "snapshots" / "Cu" / "npt_berendsen").rglob("summary.json"))
     write_json(summary, {**read_json(summary), "melted": True})
     kept = write_dataset(config, tmp_path / "results", tmp_path / "keep")
-    assert kept == len(df) + 2 * 2 and read_dataset(tmp_path / "keep")[0].melted.eq(True).sum() == 2 * 3
+    assert kept == len(df) + 3 * 2 * 2 and read_dataset(tmp_path / "keep")[0].melted.eq(True).sum() == 2 * 3
     dropped = write_dataset({**config, "dataset": {**config["dataset"], "drop_melted": True}}, tmp_path / "results",
                             tmp_path / "d")
-    assert dropped == len(df) + 2 * 2 - 2 * 3
-    assert set(read_dataset(tmp_path / "d")[0].ensemble.dropna()) == {"nvt_langevin"}
+    assert dropped == len(df) + 3 * 2 * 2 - 2 * 3
+    kept_cu = read_dataset(tmp_path / "d")[0].query("crystal == 'Cu'")
+    assert set(kept_cu.ensemble.dropna()) == {"nvt_langevin"}
 
 
 @pytest.mark.slow
@@ -308,7 +350,8 @@ def test_tiny_run_qc_and_report(tiny_run):
     work, _ = tiny_run
     qc = pq.read_table(work / "results" / "qc" / "Cu" / "qc.parquet").to_pandas()
     runs = qc[qc.scope != "crystal"]
-    assert set(runs.check) == {"equilibrated", "independent_snapshots", "not_melted"} and len(runs) == 6
+    assert set(runs.check) == {"equilibrated", "independent_snapshots", "not_melted", "B_iso_vs_pattern"}
+    assert len(runs) == 7  # B_iso against the run's own pattern: NVT only
     assert (runs[runs.check == "independent_snapshots"].status == "warn").all()  # 2 snapshots < 4
     assert (runs[runs.check == "not_melted"].status == "pass").all()
     assert set(qc[qc.scope == "crystal"].check) >= {"relaxation_converged", "relaxed_vs_cif_a"}
@@ -334,6 +377,7 @@ def test_two_potentials_give_two_labelled_sets_of_rows(tmp_path):
     import pandas as pd
 
     cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+    cfg["crystals"] = [c for c in cfg["crystals"] if c["name"] == "Cu"]
     for c in cfg["crystals"]:
         c["cif"] = str(REPO / c["cif"])
     cfg.update(potentials=["chgnet", "sevennet-0"], ensembles=["npt_berendsen"], instrument=[{"name": "default"}])

@@ -31,6 +31,7 @@ LAYOUT = {
     "thermo": f"md/{RUN}/thermo.csv",
     "trajectory": f"md/{RUN}/trajectory.traj",
     "velocities": f"md/{RUN}/velocities.npy",
+    "positions": f"md/{RUN}/positions.npz",
     "run_info": f"md/{RUN}/run.json",
     "snapshots": f"snapshots/{RUN}/snapshots.traj",
     "snapshots_summary": f"snapshots/{RUN}/summary.json",

@@ -44,7 +44,8 @@ SHEET_SEPARATORS = {".tsv": "\t", ".csv": ","}
 
 #: Experimental reference fields of a crystal entry; a sheet spells each as the columns
 #: ``<field>``, ``<field>_source`` and optionally ``<field>_T_K``.
-EXPERIMENT_FIELDS = ("a_exp_A", "alpha_exp_per_K", "bulk_modulus_exp_GPa", "B_exp_A2")
+EXPERIMENT_FIELDS = ("a_exp_A", "b_exp_A", "c_exp_A", "alpha_exp_per_K", "alpha_a_exp_per_K", "alpha_b_exp_per_K",
+                     "alpha_c_exp_per_K", "bulk_modulus_exp_GPa", "B_exp_A2")
 
 #: Bumped when the content of a checked record changes, so old records are not reused.
 CHECK_VERSION = 1

@@ -50,9 +50,10 @@ volume_A3             float64  parent-cell volume, Angstrom^3
 energy_per_atom_eV    float64  CHGNet potential energy per atom
 tau_corr_fs           float64  velocity autocorrelation time of the run
 interval_too_short    bool     n_interval dt < tau_corr
-lindemann_ratio       float64  sqrt(<|u|^2>)/d_nn of the run (3-D, about the mean positions)
+lindemann_ratio       float64  sqrt(<|u|^2>)/d_nn of the run (3-D, about the lattice sites)
 melted                bool     lindemann_ratio above snapshots.lindemann_threshold
-equilibrated          bool     the run's sampling window met its targets (mean T; NPT: mean P, volume drift)
+equilibrated          bool     the run's sampling window met its targets (mean T; NPT: mean P, volume drift);
+                                 a mean beyond its tolerance but within 3 standard errors is not a miss
 window_T_K            float64  mean kinetic T over the sampling window (steps >= n_equil) of the thermo log
 window_T_sem_K        float64  its standard error (block averaging)
 window_P_GPa          float64  mean pressure over the sampling window
@@ -62,10 +63,13 @@ window_volume_A3      float64  mean simulation-cell volume over the sampling win
 window_volume_sem_A3  float64  its standard error
 energy_drift_meV_per_atom_ps  float64  slope of E_kin + E_pot over the window (0 within noise when stationary)
 tau_int_E_pot_fs      float64  integrated autocorrelation time of E_pot over the window
-n_independent_snapshots  float64  N_s / max(1, tau_int_E_pot_fs / (n_interval dt))
+tau_int_u_fs          float64  integrated autocorrelation time of the displacements from the lattice sites
+tau_int_msd_fs        float64  integrated autocorrelation time of their mean square (per step)
+n_independent_snapshots  float64  N_s / max(1, max(tau_int_u_fs, tau_int_msd_fs) / (n_interval dt))
 B_iso                 list<struct<element: string, B_A2: float64, B_sem_A2: float64>>  per element: Debye-Waller
-                                 B = 8 pi^2 <u^2> from the run's snapshots (Angstrom^2) and its standard error from
-                                 the frame-to-frame spread (a lower bound); a list of structs, not a map, so that
+                                 B = 8 pi^2 <u^2> (Angstrom^2), u the displacements from the lattice sites at
+                                 every step of the sampling window (mdxrd.displacements), and its standard error
+                                 (block averaging of the per-step series); a list of structs, not a map, so that
                                  Hugging Face datasets reads it
 supercell             list<int32>  (na, nb, nc), as given or chosen by supercell: auto
 device                string   the device the MD ran on (cpu, cuda:0, ...); null for static rows
@@ -135,7 +139,7 @@ def schema() -> Any:
         ("window_volume_drift", pa.float64()), ("window_P_sem_GPa", pa.float64()),
         ("window_volume_A3", pa.float64()), ("window_volume_sem_A3", pa.float64()),
         ("energy_drift_meV_per_atom_ps", pa.float64()), ("tau_int_E_pot_fs", pa.float64()),
-        ("n_independent_snapshots", pa.float64()),
+        ("tau_int_u_fs", pa.float64()), ("tau_int_msd_fs", pa.float64()), ("n_independent_snapshots", pa.float64()),
         ("B_iso", pa.list_(pa.struct([("element", pa.string()), ("B_A2", pa.float64()), ("B_sem_A2", pa.float64())]))),
         ("static_cell", pa.string()),
         ("supercell", pa.list_(pa.int32())), ("n_atoms", pa.int32()), ("device", pa.string()),
@@ -209,7 +213,7 @@ def _snapshot_labels(atoms: Any, supercell: list[int]) -> dict[str, float]:
 #: Per-run figures of the snapshots summary copied into every row of the run.
 RUN_FIGURES = ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa", "window_P_sem_GPa",
                "window_volume_A3", "window_volume_sem_A3", "window_volume_drift", "energy_drift_meV_per_atom_ps",
-               "tau_int_E_pot_fs", "n_independent_snapshots")
+               "tau_int_E_pot_fs", "tau_int_u_fs", "tau_int_msd_fs", "n_independent_snapshots")
 
 
 def _static_rows(section: dict[str, Any], name: str, info: dict[str, Any], results: str | Path, grid: np.ndarray

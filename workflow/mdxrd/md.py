@@ -14,7 +14,10 @@ Ensembles (METHOD.md, "Ensembles"; all integrators are ASE's unless stated):
   scaled by mu = (1 - kappa (dt/tau_P)(P0 - P))^(1/3), kappa the isothermal
   compressibility, given explicitly (CHGNet's own MolecularDynamics fits an EOS
   for it instead, and has no Langevin). Cubic crystals scale isotropically;
-  other crystal systems per cell vector (``npt_cell``), so c/a can change with T.
+  the cells of other crystal systems are strained by the stress symmetrized with
+  the crystal's point group (``npt_cell``, :mod:`mdxrd.integrators`), so c/a,
+  b/a, monoclinic beta and triclinic angles follow the stress with temperature
+  while a = b, 90 and 120 deg angles stay exact where the lattice system says so.
 
 Degrees of freedom: the centre of mass is fixed in every ensemble (ASE's
 ``FixCom``), so the kinetic temperature is T = 2 E_kin / ((3N - 3) k_B) everywhere:
@@ -31,7 +34,11 @@ An NPT cell relaxes with time constant ~tau_P (1 ps), far longer than a short ru
 so NPT runs first take ``npt_pre_steps`` (default 150) pre-equilibration steps
 before step 0, not recorded in the thermo log: the barostat is coupled with the
 model's own compressibility 1/B (B = -dP/dlnV by central finite differences,
-+-0.5 % volume, at the start structure) and a coupling time of ``equil_taup_fs``
++-0.5 % volume, at the start structure; for a cell whose shape may change, the
+model's whole clamped-ion elastic compliance, +-0.5 % strains, so that a soft axis
+and a stiff one reach P0 together; in production that compliance is scaled to the
+configured compressibility, so the volume relaxes with kappa and tau_P and every
+shape mode with the same tau_P) and a coupling time of ``equil_taup_fs``
 (default 20 fs) for the first 70 % of them, growing geometrically to 10x that over
 the rest so that the cell averages out the pressure noise of a small cell. Step 0
 then starts at the production settings (tau_T, tau_P, kappa) with the cell near its
@@ -51,6 +58,10 @@ generator, with zero total momentum, rescaled to exactly T. Outputs:
   ``info`` {step, time_fs}; the snapshots stage keeps those after equilibration.
 * ``velocities.npy``: float64 (n_steps - n_equil + 1, N, 3) velocities in
   Angstrom/fs from step n_equil to n_steps, for the velocity autocorrelation time.
+* ``positions.npz``: the sampling window's positions at every step, ``steps`` (n,) int,
+  ``positions_A`` (n, N, 3) float64 Cartesian (unwrapped) and ``cells_A`` (n, 3, 3) float64,
+  n = n_steps - n_equil + 1, for the thermal displacements about the lattice sites
+  (:mod:`mdxrd.displacements`).
 * ``run.json``: seed, device, threads, calculator, timing and versions.
 
 Checkpoints: every ``checkpoint_interval`` steps the whole state (positions,
@@ -99,6 +110,13 @@ STRONG_BAROSTAT_FRACTION = 0.7
 
 #: Boltzmann constant in eV/K (CODATA 2018), as in METHOD.md.
 K_B_EV_PER_K = 8.617333262e-5
+
+
+#: Values of ``MDParams.npt_cell``.
+NPT_CELLS = ("auto", "isotropic", "symmetric", "free")
+
+#: Hermann-Mauguin symbols of the cubic point groups (their NPT cell scales isotropically).
+CUBIC_POINT_GROUPS = ("23", "m-3", "432", "-43m", "m-3m")
 
 
 class Ensemble(str, enum.Enum):
@@ -162,8 +180,10 @@ class MDParams:
     npt_pre_steps : NPT pre-equilibration steps before step 0 (not recorded), strongly coupled
         barostat with the model's own compressibility.
     equil_taup_fs : barostat coupling time of the pre-equilibration's first 70 %, fs.
-    npt_cell : "auto" (isotropic for cubic crystals, per cell vector otherwise), "isotropic"
-        or "anisotropic".
+    npt_cell : "auto" (isotropic for cubic crystals, "symmetric" otherwise), "isotropic" (one
+        scale factor, cell shape kept), "symmetric" (strain from the stress symmetrized with the
+        parent crystal's point group: the lattice system is kept, its free parameters follow
+        the stress) or "free" (no symmetry: all six cell parameters follow the stress).
     progress_interval : a progress line (step, T, P, V, steps/s, ETA) goes to the log every this
         many steps, so ``tail -f`` on a job's log shows where a long run is.
     """
@@ -203,8 +223,8 @@ class MDParams:
             raise ValueError(f"need 0 <= n_equil < n_steps, got n_equil={self.n_equil}, n_steps={self.n_steps}")
         if self.calculator not in ("fast", "stock"):
             raise ValueError(f"calculator must be 'fast' or 'stock', got {self.calculator!r}")
-        if self.npt_cell not in ("auto", "isotropic", "anisotropic"):
-            raise ValueError(f"npt_cell must be 'auto', 'isotropic' or 'anisotropic', got {self.npt_cell!r}")
+        if self.npt_cell not in NPT_CELLS:
+            raise ValueError(f"npt_cell must be one of {', '.join(NPT_CELLS)}, got {self.npt_cell!r}")
         if not self.start_temperature_factor > 0 or not self.equil_taup_fs > 0 or self.npt_pre_steps < 0:
             raise ValueError("start_temperature_factor and equil_taup_fs must be > 0, npt_pre_steps >= 0")
         if self.npt_integrator not in ("mdxrd", "ase"):
@@ -231,20 +251,50 @@ def run_seed(global_seed: int, crystal: str, ensemble: str, temperature_K: float
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
 
 
-def is_cubic(atoms: Any, symprec: float = 1e-3) -> bool:
-    """True when the crystal system of ``atoms`` (spglib via pymatgen, ``symprec`` Angstrom) is cubic."""
-    from pymatgen.io.ase import AseAtomsAdaptor
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+def npt_cell_update(atoms: Any, npt_cell: str) -> tuple[str, Any, str]:
+    """How an NPT run's cell changes: the integrator's cell mode, point group and its symbol.
 
-    structure = AseAtomsAdaptor.get_structure(atoms)
-    return SpacegroupAnalyzer(structure, symprec=symprec).get_crystal_system() == "cubic"
+    Parameters
+    ----------
+    atoms
+        The MD start structure (the relaxed supercell, at rest on its sites); ``atoms.info
+        ["supercell"]`` (set by the structure stage) names the repetitions of the parent cell,
+        whose point group is used (spglib via pymatgen, symprec 1e-3 Angstrom).
+    npt_cell
+        One of :data:`NPT_CELLS`.
+
+    Returns
+    -------
+    (cell, rotations, label)
+        ``cell`` "isotropic" or "tensor" (:class:`mdxrd.integrators.NPTBerendsenOneForce`),
+        ``rotations`` (n_ops, 3, 3) Cartesian point-group rotations or None, and ``label``:
+        "isotropic", "symmetric <point group>" or "free".
+    """
+    from mdxrd.integrators import cartesian_point_group
+
+    if npt_cell == "isotropic":
+        return "isotropic", None, "isotropic"
+    if npt_cell == "free":
+        return "tensor", None, "free"
+    supercell = atoms.info.get("supercell")
+    rotations, symbol = cartesian_point_group(atoms, tuple(supercell) if supercell is not None else None)
+    if npt_cell == "auto" and symbol in CUBIC_POINT_GROUPS:
+        return "isotropic", None, "isotropic"
+    return "tensor", rotations, f"symmetric {symbol}"
 
 
-def make_dynamics(atoms: Any, params: MDParams, rng: np.random.Generator, anisotropic: bool = False) -> Any:
+def make_dynamics(atoms: Any, params: MDParams, rng: np.random.Generator, cell: str = "isotropic",
+                  point_group: Any = None) -> Any:
     """Build the ASE integrator of ``params.ensemble`` for ``atoms`` (ASE units converted from fs, GPa).
 
     Every ensemble gets a ``FixCom`` constraint, so ASE's thermostats count 3N - 3 degrees of
-    freedom. ``anisotropic`` selects per-axis NPT cell scaling.
+    freedom. ``cell`` and ``point_group`` select the NPT cell update (:func:`npt_cell_update`).
+
+    Raises
+    ------
+    ValueError
+        ``npt_integrator`` "ase" with a cell that is not isotropic (ASE's NPTBerendsen scales
+        per Cartesian axis and would break a non-orthogonal lattice system).
     """
     from ase import units
     from ase.constraints import FixCom
@@ -267,10 +317,13 @@ def make_dynamics(atoms: Any, params: MDParams, rng: np.random.Generator, anisot
     if params.npt_integrator == "mdxrd":
         from mdxrd.integrators import NPTBerendsenOneForce
 
-        return NPTBerendsenOneForce(atoms, dt, anisotropic=anisotropic, **kwargs)
-    from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen, NPTBerendsen
+        return NPTBerendsenOneForce(atoms, dt, cell=cell, point_group=point_group, **kwargs)
+    from ase.md.nptberendsen import NPTBerendsen
 
-    return (Inhomogeneous_NPTBerendsen if anisotropic else NPTBerendsen)(atoms, dt, **kwargs)
+    if cell != "isotropic":
+        raise ValueError("md.npt_integrator: 'ase' scales the cell isotropically only; a non-cubic crystal needs "
+                         "'mdxrd' (or md.npt_cell: isotropic)")
+    return NPTBerendsen(atoms, dt, **kwargs)
 
 
 def _rescale_to(atoms: Any, temperature_K: float) -> None:
@@ -306,6 +359,16 @@ def model_bulk_modulus(atoms: Any, calc: Any, strain: float = 0.005) -> float:
     if not bulk > 0:
         raise MDError(f"the potential's bulk modulus at the start structure is {bulk:.3g} GPa (not > 0)")
     return bulk
+
+
+def _model_compliance(atoms: Any, calc: Any) -> np.ndarray:
+    """:func:`mdxrd.integrators.elastic_compliance` of the start structure; MDError when unstable."""
+    from mdxrd.integrators import elastic_compliance
+
+    try:
+        return elastic_compliance(atoms, calc)
+    except ValueError as err:
+        raise MDError(f"the potential's {err} at the start structure") from None
 
 
 def _min_distance(atoms: Any) -> float:
@@ -368,30 +431,43 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         "degrees_of_freedom": degrees_of_freedom(n),
     }
     npt = params.ensemble is Ensemble.NPT_BERENDSEN
-    anisotropic = npt and (params.npt_cell == "anisotropic" or (params.npt_cell == "auto" and not is_cubic(atoms)))
+    cell, point_group, compliance = "isotropic", None, None
     if npt:
-        bulk = model_bulk_modulus(atoms, atoms.calc)
-        equilibration.update({"npt_cell": "anisotropic" if anisotropic else "isotropic",
-                              "model_bulk_modulus_GPa": bulk, "npt_pre_steps": params.npt_pre_steps,
-                              "strong_taup_fs": params.equil_taup_fs})
+        cell, point_group, label = npt_cell_update(atoms, params.npt_cell)
+        if cell == "isotropic":
+            bulk = model_bulk_modulus(atoms, atoms.calc)
+        else:
+            compliance = _model_compliance(atoms, atoms.calc)
+            bulk = 1.0 / float(compliance[:3, :3].sum()) / units.GPa  # Reuss bound of the clamped-ion constants
+            equilibration["model_linear_compressibility_per_GPa"] = (
+                compliance[:3, :3].sum(axis=1) * units.GPa).tolist()  # along Cartesian x, y, z
+        equilibration.update({"npt_cell": label, "model_bulk_modulus_GPa": bulk,
+                              "npt_pre_steps": params.npt_pre_steps, "strong_taup_fs": params.equil_taup_fs})
     rng = np.random.default_rng(params.seed)
     start_T = params.start_temperature_factor * params.temperature_K
     thermalize_momenta(atoms, start_T, rng=rng)
     Stationary(atoms)
     _rescale_to(atoms, start_T)
-    dyn = make_dynamics(atoms, params, rng, anisotropic=anisotropic)
+    # Production, tensor cells: the model's compliance scaled to the configured compressibility, so the
+    # volume relaxes as with kappa and every shape mode (c/a, beta) with the same tau_P.
+    production_compliance = None if compliance is None else \
+        compliance * (params.compressibility_per_GPa / units.GPa) / float(compliance[:3, :3].sum())
+    dyn = make_dynamics(atoms, params, rng, cell=cell, point_group=point_group)
+    dyn.compliance = production_compliance
 
     def pre_equilibrate() -> None:
         """NPT: relax the cell to its volume at T before step 0 (see module docstring)."""
         strong = int(STRONG_BAROSTAT_FRACTION * params.npt_pre_steps)
         volume0 = float(atoms.get_volume())
         dyn.compressibility = 1.0 / bulk / units.GPa
+        dyn.compliance = compliance  # tensor cells: every strain mode with the model's own stiffness
         for i in range(params.npt_pre_steps):
             growth = max(0, i - strong) / max(1, params.npt_pre_steps - strong)
             dyn.taup = params.equil_taup_fs * 10.0**growth * units.fs
             dyn.step()
         dyn.taup = params.taup_fs * units.fs
         dyn.compressibility = params.compressibility_per_GPa / units.GPa
+        dyn.compliance = production_compliance
         dyn.nsteps = 0
         equilibration.update({"pre_volume_change": float(atoms.get_volume()) / volume0 - 1.0,
                               "pre_end_T_K": kinetic_temperature(float(atoms.get_kinetic_energy()), n)})
@@ -399,18 +475,21 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
     frame_steps = {0, *range(params.n_equil % params.n_interval, params.n_steps + 1, params.n_interval)}
     thermo: list[tuple[float, ...]] = []
     velocities: list[np.ndarray] = []
+    window_positions: list[np.ndarray] = []
+    window_cells: list[np.ndarray] = []
     frames: list[Any] = []
     checkpoint = out_dir / "checkpoint.pkl"
     key = {**asdict(params), "ensemble": params.ensemble.value, "n_atoms": n}
     if checkpoint.is_file():
         with open(checkpoint, "rb") as fh:
             state = pickle.load(fh)
-        if state["params"] == key:
+        if state["params"] == key and "window_positions" in state:
             atoms.set_cell(state["cell"], scale_atoms=False)
             atoms.set_positions(state["positions"], apply_constraint=False)
             atoms.set_momenta(state["momenta"], apply_constraint=False)
             rng.bit_generator.state = state["rng_state"]
             thermo, velocities, frames = state["thermo"], state["velocities"], state["frames"]
+            window_positions, window_cells = state["window_positions"], state["window_cells"]
             dyn.nsteps = state["step"]
             equilibration = state["equilibration"]
             log.info("resuming from %s at step %d", checkpoint, state["step"])
@@ -421,6 +500,7 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         state = {"params": key, "step": step, "cell": atoms.cell.array.copy(),
                  "positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
                  "rng_state": rng.bit_generator.state, "thermo": thermo, "velocities": velocities,
+                 "window_positions": window_positions, "window_cells": window_cells,
                  "frames": frames, "equilibration": equilibration}
         with atomic_path(checkpoint) as tmp, open(tmp, "wb") as fh:
             pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
@@ -445,6 +525,8 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
                            float(atoms.get_volume())))
         if step >= params.n_equil:
             velocities.append(atoms.get_velocities() * units.fs)  # Angstrom/fs
+            window_positions.append(atoms.get_positions())
+            window_cells.append(atoms.cell.array.copy())
         if step in frame_steps:
             frame = atoms.copy()
             frame.info = {"step": step, "time_fs": step * params.timestep_fs}
@@ -489,6 +571,10 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         w.writerows([(int(r[0]), *(repr(float(x)) for x in r[1:])) for r in thermo])
     with atomic_path(out_dir / "velocities.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.asarray(velocities, dtype=np.float64))
+    with atomic_path(out_dir / "positions.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, steps=np.arange(params.n_equil, params.n_steps + 1),
+                 positions_A=np.asarray(window_positions, dtype=np.float64),
+                 cells_A=np.asarray(window_cells, dtype=np.float64))
     with atomic_path(out_dir / "trajectory.traj") as tmp:
         with Trajectory(str(tmp), "w") as traj:
             for frame in frames:

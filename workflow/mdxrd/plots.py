@@ -105,7 +105,8 @@ def plot_zoom(name: str, static: Any, runs: list[dict[str, Any]], out: str | Pat
 
 
 def plot_thermal(qc: dict[str, Any], out: str | Path) -> None:
-    """``thermal.png``: a(T) with the 0 K cell and experiment; B(T) per element with experiment."""
+    """``thermal.png``: a(T) with the 0 K cell and experiment (a non-cubic crystal: every independent axis,
+    relative to its 0 K length); B(T) per element with experiment."""
     import matplotlib.pyplot as plt
 
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -113,22 +114,43 @@ def plot_thermal(qc: dict[str, Any], out: str | Path) -> None:
     pts = qc["a_T"]
     relaxed = [p for p in pts if p["ensemble"] == "relaxed"]
     npt = [p for p in pts if p["ensemble"] != "relaxed"]
-    ax_a.plot([p["temperature_K"] for p in relaxed], [p["a"] for p in relaxed], "ks", label="0 K relaxed (CHGNet)")
-    if npt:
-        ax_a.plot([p["temperature_K"] for p in npt], [p["a"] for p in npt], "^-", color="C0",
-                  label="NPT-Berendsen, mean of snapshots")
-    if "a_exp_A" in exp:
-        e = exp["a_exp_A"]
-        ax_a.plot([e["T_K"]], [e["value"]], "r*", ms=11, label=f"experiment, {e['T_K']:g} K (source: QC table)")
-    title = f"{qc['crystal']}: lattice constant a"
-    if qc.get("alpha_L_per_K") is not None:
-        title += f"; α_L = {qc['alpha_L_per_K'] * 1e6:.1f}×10⁻⁶/K"
-        if "alpha_exp_per_K" in exp:
-            title += f" (exp. {exp['alpha_exp_per_K']['value'] * 1e6:.1f})"
-    ax_a.set_title(title, fontsize=10)
+    axes = qc.get("axes", ["a"])
+    if len(axes) == 1:  # cubic: a(T) in Angstrom
+        ax_a.plot([p["temperature_K"] for p in relaxed], [p["a"] for p in relaxed], "ks", label="0 K relaxed")
+        if npt:
+            ax_a.plot([p["temperature_K"] for p in npt], [p["a"] for p in npt], "^-", color="C0",
+                      label="NPT-Berendsen, mean of snapshots")
+        if "a_exp_A" in exp:
+            e = exp["a_exp_A"]
+            ax_a.plot([e["T_K"]], [e["value"]], "r*", ms=11, label=f"experiment, {e['T_K']:g} K (source: QC table)")
+        title = f"{qc['crystal']}: lattice constant a"
+        if qc.get("alpha_L_per_K") is not None:
+            title += f"; α_L = {qc['alpha_L_per_K'] * 1e6:.1f}×10⁻⁶/K"
+            if "alpha_exp_per_K" in exp:
+                title += f" (exp. {exp['alpha_exp_per_K']['value'] * 1e6:.1f})"
+        ax_a.set_ylabel("a (Å)")
+    else:  # each independent axis relative to its 0 K length: anisotropic expansion side by side
+        zero = relaxed[0]
+        for i, x in enumerate(axes):
+            colour = f"C{i}"
+            ax_a.plot([0.0], [0.0], "s", color=colour)
+            if npt:
+                ax_a.plot([p["temperature_K"] for p in npt], [100 * (p[x] / zero[x] - 1) for p in npt], "^-",
+                          color=colour, label=f"{x}, NPT-Berendsen (0 K relaxed {x} = {zero[x]:.4f} Å)")
+            if f"{x}_exp_A" in exp:
+                e = exp[f"{x}_exp_A"]
+                ax_a.plot([e["T_K"]], [100 * (e["value"] / zero[x] - 1)], "*", color=colour, mec="k", ms=11,
+                          label=f"{x} experiment, {e['T_K']:g} K")
+        alphas = qc.get("alpha_axes_per_K") or {}
+        title = f"{qc['crystal']}: lattice lengths relative to the 0 K cell"
+        if alphas:
+            title += "; " + ", ".join(f"α_{x} = {alphas[x] * 1e6:.1f}" + (
+                f" (exp. {exp[f'alpha_{x}_exp_per_K']['value'] * 1e6:.1f})" if f"alpha_{x}_exp_per_K" in exp else "")
+                for x in axes) + " ×10⁻⁶/K"
+        ax_a.set_ylabel("x(T) / x(0 K) − 1 (%)")
+    ax_a.set_title(title, fontsize=9)
     ax_a.set_xlabel("T (K)")
-    ax_a.set_ylabel("a (Å)")
-    ax_a.legend(fontsize=8, loc="best")
+    ax_a.legend(fontsize=7, loc="best")
 
     elements = [k for k in qc["B_at_reference_A2"]]
     t_max = max([p["temperature_K"] for p in qc["B_T"]] + [exp.get("B_exp_A2", {}).get("T_K", 0.0)])

@@ -4,12 +4,18 @@ From the crystal's runs (snapshots summaries, snapshots, run records) and its 0 
 reference (:mod:`mdxrd.reference`):
 
 * a(T), b(T), c(T): the mean parent-cell lattice lengths over each NPT run's
-  snapshots, Angstrom; the 0 K relaxed cell is the T = 0 point.
+  snapshots, Angstrom; the 0 K relaxed cell is the T = 0 point. The axes the lattice
+  system leaves independent (a; a and c; a, b and c) are the crystal's ``axes``.
 * alpha_L: the mean linear thermal expansion coefficient, one third of the volumetric
   one, alpha_L = (1/3) (1/V) dV/dT, from a least-squares line through the NPT runs'
   window-mean volumes against T (1/K; >= 2 temperatures). For a cubic crystal this is
-  (1/a) da/dT.
-* B(T) per element from each run's snapshots (:func:`mdxrd.snapshots.b_iso`). In the
+  (1/a) da/dT. Per axis alpha_x = (1/x) dx/dT from the line through x(T), at the mean
+  temperature (a non-cubic crystal expands anisotropically: alpha_a != alpha_c).
+* B(T) per element from each run's displacements about the lattice sites
+  (:mod:`mdxrd.displacements`). For NVT runs B is also checked against the pattern it
+  describes: the Debye-Waller decay of the run's averaged Bragg intensities
+  (:func:`mdxrd.displacements.pattern_debye_waller`) must imply the same B within
+  ``B_iso_pattern_tolerance``. In the
   classical harmonic limit B is proportional to T (Willis & Pryor, Thermal Vibrations in
   Crystallography (1975), ch. 4), so B at a reference temperature is the slope of a
   line through the origin fitted to the NPT runs (the cell of ambient pressure at T;
@@ -18,14 +24,16 @@ reference (:mod:`mdxrd.reference`):
   falls below experiment (Si at 300 K: about 11 % by a Debye model).
 * The lattice constant at the reference temperature from the line through a(T).
 * Experiment, where the crystal's entry gives it (each value with its source and an
-  optional temperature): a_exp_A, alpha_exp_per_K, bulk_modulus_exp_GPa (against the
-  0 K Birch-Murnaghan B0), B_exp_A2 (per element).
+  optional temperature): a_exp_A, b_exp_A, c_exp_A, alpha_exp_per_K, alpha_a_exp_per_K,
+  alpha_b_exp_per_K, alpha_c_exp_per_K, bulk_modulus_exp_GPa (against the 0 K
+  Birch-Murnaghan B0), B_exp_A2 (per element).
 
 The QC table is long: one row per check with crystal, scope (``crystal`` or the run
 ``ensemble/TK/rN``), check, value, reference, deviation (relative), status (``pass``
 or ``warn``) and detail. Checks: per run equilibrated, independent snapshots >=
-``min_independent_snapshots``, not melted; per crystal the 0 K relaxation converged
-and every experimental comparison within its tolerance.
+``min_independent_snapshots``, not melted, B_iso against the run's own pattern (NVT);
+per crystal the 0 K relaxation converged and every experimental comparison within its
+tolerance.
 """
 
 from __future__ import annotations
@@ -85,6 +93,37 @@ def b_at(temperatures_K: np.ndarray, b_A2: np.ndarray, temperature_K: float) -> 
     return float(np.sum(b * t) / np.sum(t * t) * temperature_K)
 
 
+def axis_expansion(temperatures_K: np.ndarray, lengths_A: np.ndarray) -> float:
+    """Thermal expansion coefficient of one axis, (1/x) dx/dT at the mean temperature, 1/K.
+
+    Parameters
+    ----------
+    temperatures_K, lengths_A
+        (n,) float, n >= 2 distinct temperatures (K) and mean lattice lengths (Angstrom).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two distinct temperatures.
+    """
+    t = np.asarray(temperatures_K, dtype=np.float64)
+    if np.unique(t).size < 2:
+        raise ValueError("axis expansion needs NPT runs at two or more temperatures")
+    slope, intercept = np.polyfit(t, np.asarray(lengths_A, dtype=np.float64), 1)
+    return float(slope / (slope * t.mean() + intercept))
+
+
+def distinct_axes(lattice: dict[str, float], rtol: float = 1e-4) -> list[str]:
+    """The cell axes whose lengths the lattice system leaves independent: ["a"] (cubic), ["a", "c"]
+    (tetragonal, hexagonal, trigonal), ["a", "b", "c"] (orthorhombic and lower)."""
+    axes = ["a"]
+    if abs(lattice["b"] / lattice["a"] - 1.0) > rtol:
+        axes.append("b")
+    if all(abs(lattice["c"] / lattice[x] - 1.0) > rtol for x in axes):
+        axes.append("c")
+    return axes
+
+
 def _row(crystal: str, scope: str, check: str, value: float | None, reference: float | None, ok: bool,
          detail: str, compare: bool = False) -> dict[str, Any]:
     """One QC row; ``compare``: a comparison of a figure with a reference value (deviation = value/reference - 1)."""
@@ -102,6 +141,35 @@ def _experiment(entry: dict[str, Any], key: str, default_T: float) -> tuple[Any,
     return ref["value"], float(ref.get("T_K", default_T)), ref["source"]
 
 
+def _run_rows(name: str, runs: list[dict[str, Any]], tolerances: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-run rows: equilibrated, independent snapshots, not melted, B_iso against the run's own pattern."""
+    rows = []
+    for r in runs:
+        s = r["summary"]
+        scope = f"{r['ensemble']}/{r['temperature_K']:g}K/r{r['replica']}"
+        rows.append(_row(name, scope, "equilibrated", None, None, bool(s["equilibrated"]),
+                         "; ".join(s.get("misses", [])) or
+                         f"mean T {s['window_T_K']:.1f} +- {s['window_T_sem_K']:.1f} K"))
+        n_ind = float(s["n_independent_snapshots"])
+        need = float(tolerances["min_independent_snapshots"])
+        rows.append(_row(name, scope, "independent_snapshots", n_ind, need, n_ind >= need,
+                         f"{s['n_snapshots']} snapshots {s['sample_interval_fs']:g} fs apart; integrated "
+                         f"autocorrelation times: displacements {s['tau_int_u_fs']:.0f} fs, their mean square "
+                         f"{s['tau_int_msd_fs']:.0f} fs (E_pot {s['tau_int_E_pot_fs']:.0f} fs)"))
+        rows.append(_row(name, scope, "not_melted", float(s["lindemann_ratio"]), None, not s["melted"],
+                         f"Lindemann ratio {s['lindemann_ratio']:.3f}"))
+        dw = r.get("pattern_debye_waller")
+        if dw is not None:
+            tol = tolerances["B_iso_pattern_tolerance"]
+            rows.append(_row(name, scope, "B_iso_vs_pattern", dw["scale"], 1.0, abs(dw["scale"] - 1.0) <= tol,
+                             f"the Debye-Waller decay of the run's averaged Bragg intensities ({dw['n_reflections']} "
+                             f"reflections, s^2 <= {dw['s2_max_per_A2']:.2f} 1/A^2) implies B = "
+                             + ", ".join(f"{el} {b:.3f}" for el, b in dw["B_pattern_A2"].items())
+                             + " A^2 against the label " + ", ".join(f"{el} {b:.3f}" for el, b in
+                                                                     s["B_iso_A2"].items()), compare=True))
+    return rows
+
+
 def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[dict[str, Any]],
                tolerances: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Per-crystal figures and QC rows.
@@ -115,34 +183,24 @@ def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[di
     runs
         One dict per run: ensemble, temperature_K, replica, summary (the snapshots summary),
         lattice (mean a, b, c of the parent cell over the snapshots, Angstrom), volume_parent_A3
-        (window-mean volume of the parent cell).
+        (window-mean volume of the parent cell), and for NVT runs optionally pattern_debye_waller
+        (:func:`mdxrd.displacements.pattern_debye_waller`).
     tolerances
         min_independent_snapshots, lattice_tolerance, alpha_tolerance, bulk_modulus_tolerance,
-        B_iso_tolerance (relative deviations from experiment that still pass).
+        B_iso_tolerance, B_iso_pattern_tolerance (relative deviations that still pass).
 
     Returns
     -------
     (figures, rows)
-        figures: a_T (list of {temperature_K, a, b, c}), alpha_L_per_K (or None), B_T (list of
-        {ensemble, temperature_K, element -> B}), B_at_reference_A2, a_at_reference_A, the
-        EOS figures, the experiment used; rows: the QC table rows (:data:`QC_COLUMNS`).
+        figures: a_T (list of {temperature_K, a, b, c}), axes (the independent axes of the lattice
+        system), alpha_L_per_K and alpha_axes_per_K (axis -> (1/x) dx/dT; None without NPT runs at two
+        temperatures), lattice_at_reference_A (axis -> length at reference_T_K), a_at_reference_A,
+        B_T (list of {ensemble, temperature_K, element -> B}), B_at_reference_A2, the EOS figures, the
+        experiment used; rows: the QC table rows (:data:`QC_COLUMNS`).
     """
     name = crystal["name"]
     t_ref = float(crystal.get("reference_T_K", 293.0))
-    rows: list[dict[str, Any]] = []
-    for r in runs:
-        s = r["summary"]
-        scope = f"{r['ensemble']}/{r['temperature_K']:g}K/r{r['replica']}"
-        rows.append(_row(name, scope, "equilibrated", None, None, bool(s["equilibrated"]),
-                         "; ".join(s.get("misses", [])) or
-                         f"mean T {s['window_T_K']:.1f} +- {s['window_T_sem_K']:.1f} K"))
-        n_ind = float(s["n_independent_snapshots"])
-        need = float(tolerances["min_independent_snapshots"])
-        rows.append(_row(name, scope, "independent_snapshots", n_ind, need, n_ind >= need,
-                         f"{s['n_snapshots']} snapshots, E_pot autocorrelation time {s['tau_int_E_pot_fs']:.0f} fs, "
-                         f"interval {s['sample_interval_fs']:g} fs"))
-        rows.append(_row(name, scope, "not_melted", float(s["lindemann_ratio"]), None, not s["melted"],
-                         f"Lindemann ratio {s['lindemann_ratio']:.3f}"))
+    rows = _run_rows(name, runs, tolerances)
     rows.append(_row(name, "crystal", "relaxation_converged", None, None,
                      bool(reference.get("relax_converged")) or not reference.get("relaxed", True),
                      "0 K relaxation (structure stage) reached fmax" if reference.get("relax_converged")
@@ -154,69 +212,79 @@ def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[di
                      f"relaxed a, b, c {dev['a_pct']:+.2f} %, {dev['b_pct']:+.2f} %, {dev['c_pct']:+.2f} % off the CIF",
                      compare=True))
 
+    relaxed = reference["relaxed_lattice"]
+    axes = distinct_axes(relaxed)
     npt = [r for r in runs if r["ensemble"].startswith("npt")]
-    a_t = [{"temperature_K": 0.0, **{k: reference["relaxed_lattice"][k] for k in "abc"}, "ensemble": "relaxed"}]
-    a_t += [{"temperature_K": r["temperature_K"], **r["lattice"], "ensemble": r["ensemble"]} for r in npt]
-    alpha = None
     temps = np.array([r["temperature_K"] for r in npt])
-    if np.unique(temps).size >= 2:
+    two_temperatures = np.unique(temps).size >= 2
+    a_t = [{"temperature_K": 0.0, **{k: relaxed[k] for k in "abc"}, "ensemble": "relaxed"}]
+    a_t += [{"temperature_K": r["temperature_K"], **r["lattice"], "ensemble": r["ensemble"]} for r in npt]
+
+    def length_at(axis: str, temperature_K: float) -> tuple[float, str]:
+        """The model's lattice length at a temperature: the line through the NPT runs, else the 0 K cell."""
+        if not npt:
+            return relaxed[axis], f"0 K relaxed {axis} (no NPT run)"
+        lengths = np.array([r["lattice"][axis] for r in npt])
+        value = float(np.polyval(np.polyfit(temps, lengths, 1), temperature_K)) if two_temperatures \
+            else float(lengths.mean())
+        return value, f"NPT {axis} at {temperature_K:g} K"
+
+    alpha = alpha_axes = None
+    if two_temperatures:
         alpha, _ = expansion_coefficient(temps, np.array([r["volume_parent_A3"] for r in npt]))
-    a_ref = None
-    if npt:
-        ta = np.array([r["temperature_K"] for r in npt])
-        aa = np.array([r["lattice"]["a"] for r in npt])
-        a_ref = float(np.polyval(np.polyfit(ta, aa, 1), t_ref)) if np.unique(ta).size >= 2 else float(aa.mean())
+        alpha_axes = {x: axis_expansion(temps, np.array([r["lattice"][x] for r in npt])) for x in "abc"}
     b_runs = npt or runs
     elements = list(runs[0]["summary"]["B_iso_A2"]) if runs else []
-    b_ref = {el: b_at(np.array([r["temperature_K"] for r in b_runs]),
-                      np.array([r["summary"]["B_iso_A2"][el] for r in b_runs]), t_ref) for el in elements}
+
+    def b_model(element: str, temperature_K: float) -> float:
+        return b_at(np.array([r["temperature_K"] for r in b_runs]),
+                    np.array([r["summary"]["B_iso_A2"][element] for r in b_runs]), temperature_K)
+
     eos = reference["eos"]
     figures: dict[str, Any] = {
-        "crystal": name, "reference_T_K": t_ref, "a_T": a_t, "alpha_L_per_K": alpha, "a_at_reference_A": a_ref,
+        "crystal": name, "reference_T_K": t_ref, "a_T": a_t, "axes": axes, "alpha_L_per_K": alpha,
+        "alpha_axes_per_K": alpha_axes,
+        "lattice_at_reference_A": {x: length_at(x, t_ref)[0] for x in "abc"} if npt else None,
+        "a_at_reference_A": length_at("a", t_ref)[0] if npt else None,
         "B_T": [{"ensemble": r["ensemble"], "temperature_K": r["temperature_K"], **r["summary"]["B_iso_A2"],
                  **{f"{el}_sem": v for el, v in r["summary"].get("B_iso_sem_A2", {}).items()}} for r in runs],
-        "B_at_reference_A2": b_ref, "B_reference_runs": "npt" if npt else "all",
+        "B_at_reference_A2": {el: b_model(el, t_ref) for el in elements}, "B_reference_runs": "npt" if npt else "all",
         "eos": {k: eos[k] for k in ("V0_A3", "E0_eV", "B0_GPa", "B0_prime", "fit_rms_meV")},
         "lattice_deviation_pct": dev, "experiment": {},
     }
 
-    exp = _experiment(crystal, "a_exp_A", t_ref)
-    if exp is not None:
+    def compare(key: str, check: str, model: Any, tolerance: str, describe: Any) -> None:
+        """A row comparing ``model(T_exp)`` (None: nothing to compare) with the entry's experimental ``key``."""
+        exp = _experiment(crystal, key, t_ref)
+        if exp is None:
+            return
         value, t_exp, source = exp
-        figures["experiment"]["a_exp_A"] = {"value": value, "T_K": t_exp, "source": source}
-        if npt:
-            ta = np.array([r["temperature_K"] for r in npt])
-            aa = np.array([r["lattice"]["a"] for r in npt])
-            a_model = float(np.polyval(np.polyfit(ta, aa, 1), t_exp)) if np.unique(ta).size >= 2 else float(aa.mean())
-            where = f"NPT a at {t_exp:g} K"
-        else:
-            a_model, where = reference["relaxed_lattice"]["a"], "0 K relaxed a (no NPT run)"
-        rows.append(_row(name, "crystal", "lattice_constant_vs_experiment", a_model, float(value),
-                         abs(a_model / value - 1) <= tolerances["lattice_tolerance"],
-                         f"{where} {a_model:.4f} A vs {value:.4f} A ({source})", compare=True))
-    exp = _experiment(crystal, "alpha_exp_per_K", t_ref)
-    if exp is not None:
-        value, t_exp, source = exp
-        figures["experiment"]["alpha_exp_per_K"] = {"value": value, "T_K": t_exp, "source": source}
-        if alpha is not None:
-            rows.append(_row(name, "crystal", "alpha_L_vs_experiment", alpha, float(value),
-                             abs(alpha / value - 1) <= tolerances["alpha_tolerance"],
-                             f"alpha_L {alpha * 1e6:.1f}e-6/K over {temps.min():g}-{temps.max():g} K vs "
-                             f"{value * 1e6:.1f}e-6/K at {t_exp:g} K ({source})", compare=True))
-    exp = _experiment(crystal, "bulk_modulus_exp_GPa", t_ref)
-    if exp is not None:
-        value, t_exp, source = exp
-        figures["experiment"]["bulk_modulus_exp_GPa"] = {"value": value, "T_K": t_exp, "source": source}
-        rows.append(_row(name, "crystal", "bulk_modulus_vs_experiment", eos["B0_GPa"], float(value),
-                         abs(eos["B0_GPa"] / value - 1) <= tolerances["bulk_modulus_tolerance"],
-                         f"0 K Birch-Murnaghan B0 {eos['B0_GPa']:.1f} GPa vs {value:g} GPa ({source})", compare=True))
+        figures["experiment"][key] = {"value": value, "T_K": t_exp, "source": source}
+        got = model(t_exp)
+        if got is None:
+            return
+        rows.append(_row(name, "crystal", check, got, float(value), abs(got / value - 1) <= tolerances[tolerance],
+                         f"{describe(got, t_exp)} vs {value:g} ({source})", compare=True))
+
+    for x in ("a", "b", "c"):
+        key = f"{x}_exp_A"
+        compare(key, "lattice_constant_vs_experiment" if x == "a" else f"lattice_{x}_vs_experiment",
+                lambda t, x=x: length_at(x, t)[0], "lattice_tolerance",
+                lambda v, t, x=x: f"{length_at(x, t)[1]} {v:.4f} A")
+    compare("alpha_exp_per_K", "alpha_L_vs_experiment", lambda t: alpha, "alpha_tolerance",
+            lambda v, t: f"alpha_L {v * 1e6:.1f}e-6/K over {temps.min():g}-{temps.max():g} K")
+    for x in ("a", "b", "c"):
+        compare(f"alpha_{x}_exp_per_K", f"alpha_{x}_vs_experiment",
+                lambda t, x=x: alpha_axes[x] if alpha_axes else None, "alpha_tolerance",
+                lambda v, t, x=x: f"alpha_{x} {v * 1e6:.1f}e-6/K over {temps.min():g}-{temps.max():g} K")
+    compare("bulk_modulus_exp_GPa", "bulk_modulus_vs_experiment", lambda t: eos["B0_GPa"], "bulk_modulus_tolerance",
+            lambda v, t: f"0 K Birch-Murnaghan B0 {v:.1f} GPa")
     exp = _experiment(crystal, "B_exp_A2", t_ref)
     if exp is not None:
         values, t_exp, source = exp
         figures["experiment"]["B_exp_A2"] = {"value": values, "T_K": t_exp, "source": source}
         for el, value in values.items():
-            model = b_at(np.array([r["temperature_K"] for r in b_runs]),
-                         np.array([r["summary"]["B_iso_A2"][el] for r in b_runs]), t_exp)
+            model = b_model(el, t_exp)
             rows.append(_row(name, "crystal", f"B_iso_{el}_vs_experiment", model, float(value),
                              abs(model / value - 1) <= tolerances["B_iso_tolerance"],
                              f"B({el}) {model:.3f} A^2 at {t_exp:g} K ({'NPT' if npt else 'all'} runs, B = cT) vs "
@@ -225,7 +293,8 @@ def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[di
 
 
 def run_stage(reference: str | Path, run_dirs: list[dict[str, Any]], crystal: dict[str, Any],
-              tolerances: dict[str, Any], qc_out: str | Path, table_out: str | Path) -> dict[str, Any]:
+              tolerances: dict[str, Any], qc_out: str | Path, table_out: str | Path,
+              sites: str | Path | None = None) -> dict[str, Any]:
     """Run the QC stage for one crystal; write ``qc.json`` and the QC table (Parquet) atomically.
 
     Parameters
@@ -239,6 +308,9 @@ def run_stage(reference: str | Path, run_dirs: list[dict[str, Any]], crystal: di
         See :func:`crystal_qc`.
     qc_out, table_out
         Output JSON (figures, and the QC rows) and Parquet (:data:`QC_COLUMNS`).
+    sites
+        The 0 K supercell (structure stage): with it, every NVT run's B_iso is checked against the
+        Debye-Waller decay of its own snapshots' Bragg intensities.
 
     Returns
     -------
@@ -249,15 +321,21 @@ def run_stage(reference: str | Path, run_dirs: list[dict[str, Any]], crystal: di
     import pyarrow.parquet as pq
     from ase.io import read
 
+    from mdxrd.displacements import pattern_debye_waller
+
+    site_atoms = read(str(sites)) if sites is not None else None
     runs = []
     for rd in run_dirs:
         summary = read_json(rd["snapshots_summary"])
         frames = read(str(rd["snapshots"]), index=":")
         na, nb, nc = rd["supercell"]
         lengths = np.mean([f.cell.lengths() for f in frames], axis=0) / np.array([na, nb, nc])
-        runs.append({"ensemble": rd["ensemble"], "temperature_K": float(rd["temperature_K"]), "replica": rd["replica"],
-                     "summary": summary, "lattice": dict(zip("abc", map(float, lengths), strict=True)),
-                     "volume_parent_A3": summary["window_volume_A3"] / (na * nb * nc)})
+        run = {"ensemble": rd["ensemble"], "temperature_K": float(rd["temperature_K"]), "replica": rd["replica"],
+               "summary": summary, "lattice": dict(zip("abc", map(float, lengths), strict=True)),
+               "volume_parent_A3": summary["window_volume_A3"] / (na * nb * nc)}
+        if site_atoms is not None and not rd["ensemble"].startswith("npt") and not summary["melted"]:
+            run["pattern_debye_waller"] = pattern_debye_waller(frames, site_atoms, summary["B_iso_A2"])
+        runs.append(run)
     figures, rows = crystal_qc(crystal, read_json(reference), runs, tolerances)
     for row in rows:
         (log.info if row["status"] == "pass" else log.warning)("%s %s %s: %s", row["scope"], row["check"],
@@ -271,7 +349,10 @@ def run_stage(reference: str | Path, run_dirs: list[dict[str, Any]], crystal: di
 
 #: The checks :func:`compare_potentials` puts side by side (check name -> quantity, unit).
 COMPARED = {"relaxed_vs_cif_a": ("a relaxed 0 K vs CIF", "A"), "lattice_constant_vs_experiment": ("a(T_ref) NPT", "A"),
-            "alpha_L_vs_experiment": ("alpha_L", "1/K"), "bulk_modulus_vs_experiment": ("B0 (0 K BM3)", "GPa")}
+            "lattice_b_vs_experiment": ("b(T_ref) NPT", "A"), "lattice_c_vs_experiment": ("c(T_ref) NPT", "A"),
+            "alpha_L_vs_experiment": ("alpha_L", "1/K"), "alpha_a_vs_experiment": ("alpha_a", "1/K"),
+            "alpha_b_vs_experiment": ("alpha_b", "1/K"), "alpha_c_vs_experiment": ("alpha_c", "1/K"),
+            "bulk_modulus_vs_experiment": ("B0 (0 K BM3)", "GPa")}
 
 
 def compare_potentials(config: dict[str, Any], results: str | Path = "results") -> Any:
@@ -340,6 +421,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="JSON list of {ensemble, temperature_K, replica, snapshots_summary, snapshots, supercell}")
     p.add_argument("--crystal", required=True, help="JSON: the config's crystal entry")
     p.add_argument("--tolerances", required=True, help="JSON: the config's qc section")
+    p.add_argument("--sites", help="the 0 K supercell (structure stage): B_iso against each NVT run's pattern")
     p.add_argument("--qc-out", required=True)
     p.add_argument("--table-out", required=True)
     p.set_defaults(func=_main)
@@ -352,5 +434,5 @@ def _compare_main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     run_stage(args.reference, load_params(args.runs), load_params(args.crystal), load_params(args.tolerances),
-              args.qc_out, args.table_out)
+              args.qc_out, args.table_out, sites=args.sites)
     return 0

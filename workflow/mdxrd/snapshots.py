@@ -23,30 +23,37 @@ Equilibrium of the sampled ensemble: over the sampling window (thermo rows with
 step >= n_equil) the stage measures the mean kinetic temperature, pressure and
 volume with their standard errors (block averaging, Flyvbjerg & Petersen,
 J. Chem. Phys. 91, 461 (1989)) and, for NPT, the volume drift (slope of a linear
-fit times the window length, over the mean volume). The run is ``equilibrated``
-when |<T>/T0 - 1| <= temperature_tolerance and, for NPT, |<P> - P0| <=
-pressure_tolerance_GPa and |drift| <= volume_drift_tolerance; a miss is logged as
-a warning. Note that these are targets on a finite window: the canonical spread
-of a window mean of T is about T0 sqrt(2/(3N-3)) sqrt(2 tau_E / t_window) for
-Langevin dynamics (tau_E ~ 1/gamma the energy relaxation time), a few % for tens
-of atoms and a few hundred fs.
+fit times the window length, over the mean volume). A window mean is off target
+when it misses the target by more than its tolerance (|<T>/T0 - 1| >
+temperature_tolerance; for NPT |<P> - P0| > pressure_tolerance_GPa) *and* by more
+than 3 of its block standard errors: a finite window of a small cell samples the
+canonical ensemble correctly while its mean T strays by the canonical spread, about
+T0 sqrt(2/(3N-3)) sqrt(2 tau_E / t_window) for Langevin dynamics (tau_E ~ 1/gamma the
+energy relaxation time), several % for tens of atoms and a few hundred fs. For NPT
+the volume must also not drift by more than volume_drift_tolerance across the
+window. The run is ``equilibrated`` when nothing is off target; the log says which
+deviations are misses and which are within the window's statistics.
 
-Thermal motion: the displacements of the snapshot atoms about their mean positions
-over the snapshots (unwrapped in each frame's scaled cell, so an NPT cell scales the
-sites; centre-of-mass shift removed) give, per element, the isotropic Debye-Waller
-factor B = 8 pi^2 <u^2> (<u^2> along one direction, Angstrom^2), and the Lindemann
-ratio in its usual 3-D form sqrt(<|u|^2>)/d_nn, d_nn the nearest-neighbour
-distance of the mean structure (Lindemann, Phys. Z. 11, 609 (1910)). Above
-``lindemann_threshold`` (default 0.2) the run is flagged ``melted``: it has lost
-long-range order and its patterns are not a crystal's. The criterion puts melting of
-simple solids at about 0.1-0.15 in this form, but a universal potential's softer
-crystal runs higher (CHGNet NaCl at 600 K: 0.17, half its melting point), while a
-liquid, whose atoms diffuse away from any mean site, gives far more.
+Thermal motion (:mod:`mdxrd.displacements`): the displacements of every atom from
+its lattice site at every step of the window (sites of the parent crystal from the
+0 K supercell, the free coordinates re-estimated from the window over all
+translation-equivalent atoms; scaled coordinates, so an NPT cell scales the sites)
+give, per element, the isotropic Debye-Waller factor B = 8 pi^2 <u^2> (<u^2> along
+one direction, Angstrom^2) with its block-averaged standard error, and the Lindemann
+ratio in its usual 3-D form sqrt(<|u|^2>)/d_nn, d_nn the nearest-neighbour distance
+of the sites (Lindemann, Phys. Z. 11, 609 (1910)). Above ``lindemann_threshold``
+(default 0.2) the run is flagged ``melted``: it has lost long-range order and its
+patterns are not a crystal's. The criterion puts melting of simple solids at about
+0.1-0.15 in this form, but a universal potential's softer crystal runs higher (CHGNet
+NaCl at 600 K: 0.17, half its melting point), while a liquid, whose atoms diffuse
+away from any site, gives far more.
 
-Statistics: the integrated autocorrelation time tau_int of the potential energy
-over the window (Sokal windowing, ``emcee``) gives the number of effectively
-independent snapshots N_s / max(1, tau_int / (n_interval dt)); the slope of the
-total energy over the window is the energy drift (meV/atom/ps).
+Statistics: the integrated autocorrelation times of the displacements (``tau_int_u_fs``),
+of their mean square (``tau_int_msd_fs``) and of the potential energy
+(``tau_int_E_pot_fs``) over the window (Sokal windowing); the number of effectively
+independent snapshots is N_s / max(1, tau / (n_interval dt)) with tau the longer of the
+displacements' two; the slope of the total energy over the window is the energy drift
+(meV/atom/ps).
 """
 
 from __future__ import annotations
@@ -59,9 +66,14 @@ from typing import Any
 
 import numpy as np
 
+from mdxrd.displacements import thermal_motion
 from mdxrd.io import atomic_path, load_params, read_json, write_json
+from mdxrd.statistics import block_standard_error, integrated_autocorrelation_time
 
 log = logging.getLogger(__name__)
+
+#: A window mean beyond its tolerance is off target only when it is also this many block standard errors off.
+SEM_FACTOR = 3.0
 
 
 def velocity_autocorrelation(velocities: np.ndarray, masses: np.ndarray, max_lag: int) -> np.ndarray:
@@ -117,198 +129,6 @@ def correlation_time(vacf: np.ndarray, dt_fs: float, threshold: float = math.exp
     return (last + 1) * dt_fs, True
 
 
-def displacements(frames: list[Any]) -> np.ndarray:
-    """Displacements of every atom about its mean position over ``frames``, Angstrom.
-
-    Positions are unwrapped in the scaled (fractional) coordinates of each frame's own
-    cell: the fractional displacement from the first frame by minimum image, so a
-    barostat's changing cell (NPT) scales the sites with it. The mean over frames gives
-    the sites; each frame's displacements are then taken back to Cartesian with that
-    frame's cell and its centre-of-mass shift (equal weights) is removed.
-
-    Parameters
-    ----------
-    frames
-        At least two ASE Atoms of the same atoms (wrapped or unwrapped positions, any cells).
-
-    Returns
-    -------
-    numpy.ndarray
-        (n_frames, N, 3) float64, Angstrom.
-
-    Raises
-    ------
-    ValueError
-        Fewer than two frames.
-    """
-    if len(frames) < 2:
-        raise ValueError(f"displacements about mean positions need at least two frames, got {len(frames)}")
-    first = frames[0].cell.scaled_positions(frames[0].positions)
-    scaled = []
-    for f in frames:
-        df = f.cell.scaled_positions(f.positions) - first
-        df -= np.round(df)
-        scaled.append(first + df)
-    mean = np.mean(scaled, axis=0)
-    out = np.stack([(sf - mean) @ f.cell.array for f, sf in zip(frames, scaled)])
-    return out - out.mean(axis=1, keepdims=True)
-
-
-def _mean_sites(frames: list[Any]) -> Any:
-    """Atoms at the mean scaled positions of ``frames`` (first frame's cell)."""
-    first = frames[0].cell.scaled_positions(frames[0].positions)
-    scaled = []
-    for f in frames:
-        df = f.cell.scaled_positions(f.positions) - first
-        scaled.append(first + df - np.round(df))
-    sites = frames[0].copy()
-    sites.set_scaled_positions(np.mean(scaled, axis=0))
-    return sites
-
-
-def b_iso(frames: list[Any]) -> dict[str, float]:
-    """Isotropic Debye-Waller B per element from the snapshots, Angstrom^2.
-
-    B = 8 pi^2 <u^2>, with <u^2> the mean-square displacement along one direction
-    (the mean over atoms of the element, frames and the three directions) about the mean
-    positions (:func:`displacements`), times N_s / (N_s - 1) for sites estimated from the
-    same N_s frames (International Tables for Crystallography Vol. C, sec. 8.3; Willis &
-    Pryor, Thermal Vibrations in Crystallography (1975)). Snapshots closer in time than
-    the displacement correlation time make the correction too small, so B is then a
-    lower bound.
-
-    Parameters
-    ----------
-    frames
-        At least two ASE Atoms of the same atoms.
-
-    Returns
-    -------
-    dict
-        Element symbol -> B in Angstrom^2, elements in order of first appearance.
-
-    Raises
-    ------
-    ValueError
-        Fewer than two frames.
-    """
-    return {el: float(b.mean()) for el, b in _frame_b(frames).items()}
-
-
-def b_iso_standard_error(frames: list[Any]) -> dict[str, float]:
-    """Standard error of :func:`b_iso` from its frame-to-frame spread, Angstrom^2.
-
-    The standard deviation over frames of each frame's B (same correction) divided by
-    sqrt(N_s): the error of independent snapshots. Correlated snapshots make the true error
-    larger, so read it as a lower bound (see ``n_independent_snapshots``).
-
-    Returns
-    -------
-    dict
-        Element symbol -> standard error in Angstrom^2.
-    """
-    return {el: float(b.std(ddof=1) / math.sqrt(b.size)) for el, b in _frame_b(frames).items()}
-
-
-def _frame_b(frames: list[Any]) -> dict[str, np.ndarray]:
-    """Per element, (n_frames,) B of each frame, 8 pi^2 <u^2> N_s / (N_s - 1), Angstrom^2."""
-    u = displacements(frames)
-    n_s = len(frames)
-    symbols = np.array(frames[0].get_chemical_symbols())
-    return {el: 8.0 * math.pi**2 * np.mean(u[:, symbols == el, :] ** 2, axis=(1, 2)) * n_s / (n_s - 1)
-            for el in dict.fromkeys(symbols.tolist())}
-
-
-def lindemann_ratio(frames: list[Any]) -> float:
-    """Lindemann ratio sqrt(<|u|^2>)/d_nn of ``frames`` about their mean positions (3-D form).
-
-    Parameters
-    ----------
-    frames
-        At least two ASE Atoms of the same atoms (:func:`displacements`).
-
-    Returns
-    -------
-    float
-        sqrt of the mean over atoms and frames of |u|^2 (the full 3-D mean-square
-        displacement, three times the one-direction <u^2> of B = 8 pi^2 <u^2>; with the
-        N_s / (N_s - 1) correction for sites estimated from the same N_s frames), divided by
-        the nearest-neighbour distance of the mean structure (dimensionless; Lindemann,
-        Phys. Z. 11, 609 (1910); in this form about 0.1-0.15 at melting).
-
-    Raises
-    ------
-    ValueError
-        Fewer than two frames.
-    """
-    from ase.neighborlist import neighbor_list
-
-    u = displacements(frames)
-    n_s = len(frames)
-    msd_3d = float(np.mean(np.sum(u * u, axis=-1))) * n_s / (n_s - 1)
-    sites = _mean_sites(frames)
-    d = neighbor_list("d", sites, 6.0)
-    d_nn = float(d.min()) if len(d) else float(np.min(sites.cell.lengths()))
-    return float(np.sqrt(msd_3d) / d_nn)
-
-
-def integrated_autocorrelation_time(series: np.ndarray) -> float:
-    """Integrated autocorrelation time of a time series, in samples.
-
-    tau = 1 + 2 sum_{k>=1} rho(k), the factor by which correlation inflates the variance of
-    the mean (N_eff = N / tau), with Sokal's automatic window (the smallest M >= 5 tau(M))
-    as implemented by ``emcee.autocorr.integrated_time`` (Sokal, Monte Carlo Methods in
-    Statistical Mechanics (1997); Goodman & Weare, Commun. Appl. Math. Comput. Sci. 5, 65
-    (2010)). Clipped below at 1 (an oscillating series, rho < 0, is not counted as more
-    than independent).
-
-    Parameters
-    ----------
-    series
-        (n,) float, equally spaced samples (n >= 2).
-
-    Returns
-    -------
-    float
-        tau in samples, >= 1.
-    """
-    from emcee.autocorr import integrated_time
-
-    x = np.asarray(series, dtype=np.float64)
-    if x.size < 2 or np.ptp(x) == 0.0:
-        return 1.0
-    tau = float(integrated_time(x, c=5, tol=0, quiet=True)[0])
-    return max(1.0, tau)
-
-
-def block_standard_error(series: np.ndarray) -> float:
-    """Standard error of the mean of a correlated time series by block averaging.
-
-    The series is split into blocks of 1, 2, 4, ... samples; the standard error of the block
-    means is computed at each level with at least 4 blocks, and the largest is returned
-    (the plateau estimate of Flyvbjerg & Petersen, J. Chem. Phys. 91, 461 (1989)).
-
-    Parameters
-    ----------
-    series
-        (n,) float, equally spaced samples (any unit).
-
-    Returns
-    -------
-    float
-        Standard error of the mean (same unit); 0.0 for fewer than 2 samples.
-    """
-    x = np.asarray(series, dtype=np.float64)
-    best = 0.0
-    size = 1
-    while x.size // size >= 4:
-        n_blocks = x.size // size
-        means = x[: n_blocks * size].reshape(n_blocks, size).mean(axis=1)
-        best = max(best, float(means.std(ddof=1) / math.sqrt(n_blocks)))
-        size *= 2
-    return best
-
-
 def equilibration_figures(thermo: Any, n_equil: int, ensemble: str, temperature_K: float, pressure_GPa: float, *,
                           temperature_tolerance: float = 0.03, pressure_tolerance_GPa: float = 0.3,
                           volume_drift_tolerance: float = 0.003) -> dict[str, Any]:
@@ -323,13 +143,16 @@ def equilibration_figures(thermo: Any, n_equil: int, ensemble: str, temperature_
     ensemble, temperature_K, pressure_GPa
         The run's ensemble name and targets T0 (K) and P0 (GPa; checked for NPT only).
     temperature_tolerance, pressure_tolerance_GPa, volume_drift_tolerance
-        Allowed |<T>/T0 - 1|, |<P> - P0| (GPa) and |volume drift| (fraction).
+        Allowed |<T>/T0 - 1|, |<P> - P0| (GPa) and |volume drift| (fraction). A mean beyond
+        its tolerance is a miss only when it is also more than 3 block standard errors off.
 
     Returns
     -------
     dict
         window_T_K, window_T_sem_K, window_T_ratio, window_P_GPa, window_P_sem_GPa, window_volume_A3,
-        window_volume_sem_A3, window_volume_drift (fraction across the window), equilibrated (bool), misses (list of str).
+        window_volume_sem_A3, window_volume_drift (fraction across the window), equilibrated (bool),
+        misses (list of str: what is off target), within_noise (list of str: deviations beyond the
+        tolerance but within 3 standard errors).
     """
     w = thermo[thermo["step"] >= n_equil]
     steps = w["step"].to_numpy(dtype=np.float64)
@@ -343,20 +166,32 @@ def equilibration_figures(thermo: Any, n_equil: int, ensemble: str, temperature_
         "window_volume_drift": drift,
     }
     out["window_T_ratio"] = out["window_T_K"] / temperature_K
-    misses = []
-    if abs(out["window_T_ratio"] - 1.0) > temperature_tolerance:
-        misses.append(f"mean T {out['window_T_K']:.1f} +- {out['window_T_sem_K']:.1f} K is "
-                      f"{100 * (out['window_T_ratio'] - 1):+.1f} % off the target {temperature_K:g} K "
-                      f"(tolerance {100 * temperature_tolerance:g} %)")
+    misses: list[str] = []
+    within_noise: list[str] = []
+
+    def judge(deviation: float, tolerance: float, sem: float, what: str) -> None:
+        if abs(deviation) <= tolerance:
+            return
+        if abs(deviation) > SEM_FACTOR * sem:
+            misses.append(f"{what} (tolerance exceeded by more than {SEM_FACTOR:g} standard errors)")
+        else:
+            within_noise.append(f"{what}, within {SEM_FACTOR:g} standard errors: the window's statistics, "
+                                "not a miss")
+
+    judge(out["window_T_K"] - temperature_K, temperature_tolerance * temperature_K, out["window_T_sem_K"],
+          f"mean T {out['window_T_K']:.1f} +- {out['window_T_sem_K']:.1f} K is "
+          f"{100 * (out['window_T_ratio'] - 1):+.1f} % off the target {temperature_K:g} K "
+          f"(tolerance {100 * temperature_tolerance:g} %)")
     if ensemble.startswith("npt"):
-        if abs(out["window_P_GPa"] - pressure_GPa) > pressure_tolerance_GPa:
-            misses.append(f"mean P {out['window_P_GPa']:.2f} GPa is off the target {pressure_GPa:g} GPa by more "
-                          f"than {pressure_tolerance_GPa:g} GPa")
+        judge(out["window_P_GPa"] - pressure_GPa, pressure_tolerance_GPa, out["window_P_sem_GPa"],
+              f"mean P {out['window_P_GPa']:.2f} +- {out['window_P_sem_GPa']:.2f} GPa is off the target "
+              f"{pressure_GPa:g} GPa by more than {pressure_tolerance_GPa:g} GPa")
         if abs(drift) > volume_drift_tolerance:
             misses.append(f"the volume drifts by {100 * drift:+.2f} % across the window "
                           f"(tolerance {100 * volume_drift_tolerance:g} %)")
     out["equilibrated"] = not misses
     out["misses"] = misses
+    out["within_noise"] = within_noise
     return out
 
 
@@ -394,16 +229,21 @@ def select_steps(n_steps: int, n_equil: int, n_interval: int) -> list[int]:
 
 
 def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path, snapshots_out: str | Path,
-              summary_out: str | Path, *, run_info: str | Path, n_steps: int, n_equil: int, n_interval: int,
-              timestep_fs: float, lindemann_threshold: float = 0.2, temperature_tolerance: float = 0.03,
-              pressure_tolerance_GPa: float = 0.3, volume_drift_tolerance: float = 0.003) -> dict:
-    """Select snapshots of one MD run, measure tau_corr, write the snapshots and a JSON summary.
+              summary_out: str | Path, *, run_info: str | Path, positions: str | Path, sites: str | Path,
+              n_steps: int, n_equil: int, n_interval: int, timestep_fs: float, lindemann_threshold: float = 0.2,
+              temperature_tolerance: float = 0.03, pressure_tolerance_GPa: float = 0.3,
+              volume_drift_tolerance: float = 0.003) -> dict:
+    """Select snapshots of one MD run, measure tau_corr and the thermal motion, write the snapshots and a JSON summary.
 
     Parameters
     ----------
-    trajectory, velocities, thermo, run_info
-        The MD stage's trajectory.traj, velocities.npy (steps n_equil..n_steps), thermo.csv and
-        run.json (ensemble and targets).
+    trajectory, velocities, thermo, run_info, positions
+        The MD stage's trajectory.traj, velocities.npy (steps n_equil..n_steps), thermo.csv,
+        run.json (ensemble and targets) and positions.npz (positions and cells, steps
+        n_equil..n_steps).
+    sites
+        The 0 K supercell the run started from (the structure stage's supercell.traj): the
+        lattice sites of :mod:`mdxrd.displacements`.
     snapshots_out
         ASE trajectory of the selected frames (info: step, time_fs; energy, forces, stress kept).
     summary_out
@@ -412,13 +252,14 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         :func:`equilibration_figures` (window means of T, P, V with standard errors, equilibrated flag),
         mean_E_pot_eV and the standard deviations std_T_K, std_P_GPa, std_volume_A3, std_E_pot_eV over
         the same window (steps >= n_equil), energy_drift_meV_per_atom_ps (:func:`energy_drift`),
-        tau_int_E_pot_fs (:func:`integrated_autocorrelation_time` of E_pot, fs), n_independent_snapshots
-        B_iso_A2 (element -> Angstrom^2, :func:`b_iso`) and B_iso_sem_A2 (:func:`b_iso_standard_error`).
+        tau_int_E_pot_fs, tau_int_u_fs and tau_int_msd_fs (integrated autocorrelation times, fs),
+        n_independent_snapshots, B_iso_A2 (element -> Angstrom^2) and B_iso_sem_A2
+        (:func:`mdxrd.displacements.thermal_motion`).
 
     Raises
     ------
     ValueError
-        A snapshot step missing from the trajectory.
+        A snapshot step missing from the trajectory, or positions that do not cover the window.
     """
     import pandas as pd
     from ase.io import read, write
@@ -430,18 +271,19 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         raise ValueError(f"{trajectory}: snapshot steps {missing} are not in the trajectory")
     snaps = [frames[s] for s in wanted]
 
-    # The displacement figures need >= 2 frames; with one snapshot the step-0 frame (the relaxed
-    # sites at the start velocities) stands in as the second.
-    motion_frames = [frames[min(frames)], *snaps] if len(snaps) < 2 else snaps
-    lindemann = lindemann_ratio(motion_frames)
-    b_factors = b_iso(motion_frames)
-    b_errors = b_iso_standard_error(motion_frames)
+    reference = read(str(sites))
+    window = np.load(positions)
+    if window["steps"][0] != n_equil or window["steps"][-1] != n_steps:
+        raise ValueError(f"{positions}: steps {window['steps'][0]}..{window['steps'][-1]}, expected "
+                         f"{n_equil}..{n_steps}")
+    motion = thermal_motion(window["positions_A"], window["cells_A"], reference, timestep_fs)
+    lindemann = motion["lindemann_ratio"]
     melted = lindemann > lindemann_threshold
     if melted:
         log.warning("Lindemann ratio %.3f > %.3f: the crystal melted or lost long-range order", lindemann,
                     lindemann_threshold)
-    log.info("B_iso from the snapshots: %s", ", ".join(f"{el} {b:.3f} +- {b_errors[el]:.3f} A^2"
-                                                       for el, b in b_factors.items()))
+    log.info("B_iso about the lattice sites over %d steps: %s", motion["n_samples"],
+             ", ".join(f"{el} {b:.3f} +- {motion['B_iso_sem_A2'][el]:.3f} A^2" for el, b in motion["B_iso_A2"].items()))
 
     vel = np.load(velocities)
     max_lag = max(1, (len(vel) - 1) // 2)
@@ -466,6 +308,8 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
                  md["temperature_K"])
     else:
         log.warning("run not equilibrated over its sampling window: %s", "; ".join(equil["misses"]))
+    for note in equil["within_noise"]:
+        log.info("%s", note)
     summary: dict[str, Any] = {
         "steps": wanted,
         "n_snapshots": len(snaps),
@@ -478,20 +322,23 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         "vacf": vacf.tolist(),
         **equil,
     }
-    window = th[th["step"] >= n_equil]  # the window of the equilibration figures (which hold the means)
-    summary["mean_E_pot_eV"] = float(window["E_pot_eV"].mean())
+    in_window = th[th["step"] >= n_equil]  # the window of the equilibration figures (which hold the means)
+    summary["mean_E_pot_eV"] = float(in_window["E_pot_eV"].mean())
     for col in ("T_K", "P_GPa", "volume_A3", "E_pot_eV"):
-        summary[f"std_{col}"] = float(window[col].std(ddof=1)) if len(window) > 1 else 0.0
+        summary[f"std_{col}"] = float(in_window[col].std(ddof=1)) if len(in_window) > 1 else 0.0
     n_atoms = len(snaps[0])
-    summary["energy_drift_meV_per_atom_ps"] = energy_drift(window, n_atoms)
-    sample_dt_fs = float(np.median(np.diff(window["time_fs"]))) if len(window) > 1 else timestep_fs
-    tau_int = integrated_autocorrelation_time(window["E_pot_eV"].to_numpy()) * sample_dt_fs
-    summary["tau_int_E_pot_fs"] = tau_int
-    summary["n_independent_snapshots"] = len(snaps) / max(1.0, tau_int / t_sample)
-    summary["B_iso_A2"] = b_factors
-    summary["B_iso_sem_A2"] = b_errors
-    log.info("E_pot integrated autocorrelation time %.1f fs: %.1f effectively independent snapshots of %d; "
-             "E_tot drift %.3f meV/atom/ps", tau_int, summary["n_independent_snapshots"], len(snaps),
+    summary["energy_drift_meV_per_atom_ps"] = energy_drift(in_window, n_atoms)
+    sample_dt_fs = float(np.median(np.diff(in_window["time_fs"]))) if len(in_window) > 1 else timestep_fs
+    summary["tau_int_E_pot_fs"] = integrated_autocorrelation_time(in_window["E_pot_eV"].to_numpy()) * sample_dt_fs
+    summary["tau_int_u_fs"] = motion["tau_int_u_fs"]
+    summary["tau_int_msd_fs"] = motion["tau_int_msd_fs"]
+    tau_motion = max(motion["tau_int_u_fs"], motion["tau_int_msd_fs"])
+    summary["n_independent_snapshots"] = len(snaps) / max(1.0, tau_motion / t_sample)
+    summary["B_iso_A2"] = motion["B_iso_A2"]
+    summary["B_iso_sem_A2"] = motion["B_iso_sem_A2"]
+    log.info("integrated autocorrelation times: displacements %.1f fs, their mean square %.1f fs, E_pot %.1f fs: "
+             "%.1f effectively independent snapshots of %d; E_tot drift %.3f meV/atom/ps", motion["tau_int_u_fs"],
+             motion["tau_int_msd_fs"], summary["tau_int_E_pot_fs"], summary["n_independent_snapshots"], len(snaps),
              summary["energy_drift_meV_per_atom_ps"])
     with atomic_path(snapshots_out) as tmp:
         write(str(tmp), snaps, format="traj")
@@ -506,6 +353,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--velocities", required=True)
     p.add_argument("--thermo", required=True)
     p.add_argument("--run-info", required=True, help="MD run.json (ensemble, target T and P)")
+    p.add_argument("--positions", required=True, help="MD positions.npz (positions and cells of the window)")
+    p.add_argument("--sites", required=True, help="the 0 K supercell the run started from (structure stage)")
     p.add_argument("--snapshots-out", required=True)
     p.add_argument("--summary-out", required=True)
     p.add_argument("--params", required=True,
@@ -515,5 +364,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     run_stage(args.trajectory, args.velocities, args.thermo, args.snapshots_out, args.summary_out,
-              run_info=args.run_info, **load_params(args.params))
+              run_info=args.run_info, positions=args.positions, sites=args.sites, **load_params(args.params))
     return 0

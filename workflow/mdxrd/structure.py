@@ -187,7 +187,7 @@ def run_stage(cif: str | Path, cif_out: str | Path, supercell_out: str | Path, i
         if not converged:
             log.warning("relaxation of %s did not reach fmax = %g eV/A in %d steps", name, params.fmax_eV_per_A, steps)
     relaxed = AseAtomsAdaptor.get_structure(atoms)
-    sga = SpacegroupAnalyzer(relaxed, symprec=1e-3)
+    sga = SpacegroupAnalyzer(relaxed, symprec=1e-3, angle_tolerance=-1)  # spglib: distances only, no 5 deg slack
     lat = relaxed.lattice
     info: dict[str, Any] = {
         "name": name,

@@ -14,6 +14,7 @@ for _i, _batch in enumerate(MD_BATCHES):
             thermo=md_run_files(out("thermo"), _batch),
             trajectory=md_run_files(out("trajectory"), _batch),
             velocities=md_run_files(out("velocities"), _batch),
+            positions=md_run_files(out("positions"), _batch),
             info=md_run_files(out("run_info"), _batch),
         log:
             f"logs/md/{{crystal}}/job{_i}.log",

@@ -1,6 +1,7 @@
 rule qc:
     input:
         reference=out("reference"),
+        sites=out("supercell"),
         params=params_file("qc"),
         runs=lambda wc: crystal_run_files(wc.crystal, mdconf.QC_KINDS),
     output:
@@ -12,7 +13,8 @@ rule qc:
         "../../envs/base.yaml"
     shell:
         "python -m mdxrd qc --reference {input.reference:q} --runs {input.params:q}#runs --crystal {input.params:q}#crystal"
-        " --tolerances {input.params:q}#tolerances --qc-out {output.qc:q} --table-out {output.table:q} > {log:q} 2>&1"
+        " --tolerances {input.params:q}#tolerances --sites {input.sites:q} --qc-out {output.qc:q}"
+        " --table-out {output.table:q} > {log:q} 2>&1"
 
 
 rule qc_potentials:

@@ -614,7 +614,7 @@ def centring_translations(structure: Any, symprec: float = 1e-3) -> list[list[fl
         from pymatgen.io.ase import AseAtomsAdaptor
 
         structure = AseAtomsAdaptor.get_structure(structure)
-    dataset = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset()
+    dataset = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=-1).get_symmetry_dataset()
     out = set()
     for rot, trans in zip(dataset.rotations, dataset.translations):
         if np.array_equal(rot, np.eye(3, dtype=rot.dtype)):
