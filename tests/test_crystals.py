@@ -256,3 +256,13 @@ def test_default_config_loads_from_the_sheet(monkeypatch, tmp_path):
     cfg = load_config(REPO / "config" / "config.yaml", cache_dir=tmp_path)
     assert [c["name"] for c in cfg["crystals"]] == ["Si", "NaCl", "Cu"]
     assert all(c["supercell"] == [2, 2, 2] for c in cfg["crystals"])
+
+
+def test_the_shipped_non_cubic_sheet_resolves(monkeypatch, tmp_path):
+    # config/noncubic.tsv: the project's non-cubic crystals (hexagonal, trigonal in hexagonal axes, tetragonal,
+    # monoclinic) with their references; every CIF readable, supercells as stated
+    monkeypatch.chdir(REPO)
+    cfg = validate_config({"crystals": "config/noncubic.tsv"}, "n.yaml", cache_dir=tmp_path)
+    assert {c["name"]: c["supercell"] for c in cfg["crystals"]} == {
+        "Mg": [3, 3, 2], "Bi": [2, 2, 1], "TiO2": [2, 2, 3], "MgSiO3": [1, 1, 2], "MgCO3": [2, 2, 1]}
+    assert all("c_exp_A" in c for c in cfg["crystals"] if c["name"] != "MgSiO3")

@@ -247,81 +247,99 @@ def thermal_motion(positions: np.ndarray, cells: np.ndarray, sites: Atoms, dt_fs
     }
 
 
-def pattern_debye_waller(frames: Sequence[Atoms], sites: Atoms, b_iso: dict[str, float],
-                         wavelength: float = 0.7, two_theta_max: float = 120.0,
+def pattern_debye_waller(frames: Sequence[Atoms], sites: Atoms, b_iso: dict[str, float], s_max: float = 1.25,
                          min_intensity: float = 1e-3) -> dict[str, Any]:
-    """The Debye-Waller decay of the frames' averaged Bragg intensities, against B_iso.
+    """The Debye-Waller decay of the frames' Bragg intensities, against B_iso: the oracle of the label.
 
-    The oracle of B_iso from the diffraction it is meant to describe: the averaged intensities
-    of the frames at the reciprocal lattice points of the crystal, I_T(hkl), against those of the
-    time-averaged structure at rest with Debye-Waller factors lambda B_el
-    (:func:`mean_structure`, :func:`mdxrd.xrd.diffract` with ``b_iso``), I_0(hkl; lambda B).
-    lambda minimises sum_hkl w (ln I_T - ln I_0)^2 with weights w = I_0(hkl; 0) (golden
-    section in ln lambda). For one element ln(I_T/I_0) = -2 lambda B s^2 (Warren, X-Ray
-    Diffraction (1969), ch. 11), so lambda B is the B fitted to the pattern; lambda = 1 when
-    the label describes the pattern.
+    At every reciprocal lattice point G of the crystal (the primitive lattice of the sites, spglib)
+    with s = |G|/2 <= ``s_max``, the structure factor of each frame, F_t(G) = sum_j f_j(s)
+    exp(2 pi i G.r_j) (:func:`mdxrd.xrd.scattering_factor`), gives the coherent (Bragg) intensity
+    I_T(G) = |<F>|^2 with the bias of a mean over N_s frames removed,
+    (N_s |<F>_t|^2 - <|F_t|^2>_t) / (N_s - 1): the diffuse share that a finite supercell puts on its
+    Bragg points (<|F|^2> - |<F>|^2, which at large s and B outweighs the Bragg part) is not counted.
+    Against the time-averaged structure at rest (:func:`mean_structure`) with Debye-Waller factors
+    lambda B_el, I_0(G; lambda) = |sum_el f_el exp(-lambda B_el s^2) S_el(G)|^2, lambda minimises
+    sum_G w (ln I_T - ln I_0)^2, w = I_0(G; 0) (golden section in ln lambda). For harmonic motion
+    <exp(iG.u)> = exp(-B s^2) per atom (Warren, X-Ray Diffraction (1969), ch. 11), so lambda = 1
+    when the label describes the pattern, and for one element lambda B is the B of the pattern.
 
     Parameters
     ----------
     frames
-        Snapshots of one run, all in the same cell (NVT).
+        Snapshots of one run, all in the same cell (NVT), at least 2.
     sites
         The 0 K supercell of the run (:func:`mean_structure`).
     b_iso
         The run's B per element, Angstrom^2.
-    wavelength, two_theta_max
-        Radiation (Angstrom) and largest 2theta (deg) of the fit: s = sin(theta)/lambda up to
-        sin(60 deg)/0.7 = 1.24 1/Angstrom by default, where exp(-2 B s^2) has decayed enough to
-        measure B.
+    s_max
+        Largest sin(theta)/lambda of the fit, 1/Angstrom (Mo K-alpha reaches 1.4).
     min_intensity
-        Reflections weaker than this fraction of the strongest static one are left out.
+        Reflections whose static intensity is below this fraction of the strongest are left out, and
+        so are those where the label's exp(-2 B s^2) is below exp(-2) (there the Bragg part of a few
+        frames' mean drowns in the diffuse share; chosen by the label, so no selection bias).
 
     Returns
     -------
     dict
-        ``scale`` (lambda), ``B_pattern_A2`` (element -> lambda B), ``n_reflections``,
+        ``scale`` (lambda), ``B_pattern_A2`` (element -> lambda B), ``n_reflections`` (points G used),
         ``s2_max_per_A2`` (largest s^2 used).
 
     Raises
     ------
     ValueError
-        Frames with different cells, or no reflection to fit.
+        Frames with different cells, fewer than 2 frames, or no reflection to fit.
     """
-    from mdxrd.xrd import diffract
+    import spglib
+
+    from mdxrd.xrd import scattering_factor
 
     cells = np.array([f.cell.array for f in frames])
-    if np.ptp(cells, axis=0).max() > 1e-9:
-        raise ValueError("pattern_debye_waller needs frames of one fixed cell (an NVT run)")
+    if len(frames) < 2 or np.ptp(cells, axis=0).max() > 1e-9:
+        raise ValueError("pattern_debye_waller needs at least 2 frames of one fixed cell (an NVT run)")
     positions = np.array([f.positions for f in frames])
     mean = mean_structure(positions, cells, sites)
-    species = sites.get_chemical_symbols()
-    kwargs = {"wavelength": wavelength, "two_theta_range": (1.0, two_theta_max)}
-    thermal = diffract(cells, np.einsum("tij,jk->tik", positions, np.linalg.inv(cells[0])), species, **kwargs)
-    static0 = diffract(mean.cell.array, mean.get_scaled_positions(wrap=False), species, **kwargs)[0]
-    keep = static0.intensity > min_intensity * static0.intensity.max()
-    if not keep.any():
+    prim = spglib.standardize_cell((sites.cell.array, sites.get_scaled_positions(), sites.numbers),
+                                   to_primitive=True, no_idealize=True, symprec=1e-3)
+    recip = np.linalg.inv(np.asarray(prim[0], dtype=np.float64)).T  # rows b_i, b_i . a_j = delta_ij
+    n_max = np.ceil(2 * s_max * np.linalg.norm(np.linalg.inv(recip).T, axis=1)).astype(int)
+    grid = np.stack(np.meshgrid(*(np.arange(-n, n + 1) for n in n_max), indexing="ij"), -1).reshape(-1, 3)
+    g = grid @ recip
+    s = 0.5 * np.linalg.norm(g, axis=1)
+    keep = (s > 0) & (s <= s_max)
+    g, s = g[keep], s[keep]
+    symbols = np.array(sites.get_chemical_symbols())
+    elements = list(dict.fromkeys(symbols.tolist()))
+    f = {el: scattering_factor(el, s) for el in elements}
+
+    def partial(pos: np.ndarray, el: str) -> np.ndarray:
+        """sum over the element's atoms of exp(2 pi i G.r), (..., n_G) complex."""
+        return np.exp(2j * np.pi * np.einsum("...jk,gk->...jg", pos[..., symbols == el, :], g)).sum(axis=-2)
+
+    f_t = sum(f[el] * partial(positions, el) for el in elements)  # (n_t, n_G)
+    n_t = len(frames)
+    coherent = (n_t * np.abs(f_t.mean(axis=0)) ** 2 - np.mean(np.abs(f_t) ** 2, axis=0)) / (n_t - 1)
+    static = {el: f[el] * partial(mean.positions, el) for el in elements}
+
+    def model(scale: float) -> np.ndarray:
+        return np.abs(sum(static[el] * np.exp(-scale * b_iso[el] * s * s) for el in elements)) ** 2
+
+    i0 = model(0.0)
+    # Where the label's Debye-Waller factor exp(-2 B s^2) >= exp(-2) the Bragg part stands well above the
+    # noise of a mean over the frames; chosen by the label, not by the measured intensity (no selection bias).
+    use = (i0 > min_intensity * i0.max()) & (max(b_iso.values()) * s * s <= 1.0) & (coherent > 0)
+    if not use.any():
         raise ValueError("no reflection to fit")
-    index = {tuple(h): i for i, h in enumerate(static0.hkl)}
-    i_t = np.zeros(len(static0))
-    for r in thermal:
-        rows = [index[tuple(h)] for h in r.hkl]
-        np.add.at(i_t, rows, r.intensity)
-    i_t /= len(thermal)
-    keep &= i_t > 0
-    weights = static0.intensity[keep] / static0.intensity[keep].sum()
-    log_t = np.log(i_t[keep])
+    weights = i0[use] / i0[use].sum()
+    log_t = np.log(coherent[use])
 
     def misfit(log_scale: float) -> float:
-        scale = math.exp(log_scale)
-        model = diffract(mean.cell.array, mean.get_scaled_positions(wrap=False), species,
-                         b_iso={el: scale * b for el, b in b_iso.items()}, **kwargs)[0]
-        return float(np.sum(weights * (log_t - np.log(model.intensity[keep])) ** 2))
+        return float(np.sum(weights * (log_t - np.log(model(math.exp(log_scale))[use])) ** 2))
 
     lo, hi = math.log(0.05), math.log(20.0)
     golden = (math.sqrt(5.0) - 1.0) / 2.0
     a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
     fa, fb = misfit(a), misfit(b)
-    for _ in range(50):
+    for _ in range(60):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - golden * (hi - lo)
@@ -331,6 +349,5 @@ def pattern_debye_waller(frames: Sequence[Atoms], sites: Atoms, b_iso: dict[str,
             b = lo + golden * (hi - lo)
             fb = misfit(b)
     scale = math.exp(0.5 * (lo + hi))
-    s2 = (0.5 / static0.d_spacing[keep]) ** 2
     return {"scale": scale, "B_pattern_A2": {el: scale * b for el, b in b_iso.items()},
-            "n_reflections": int(keep.sum()), "s2_max_per_A2": float(s2.max())}
+            "n_reflections": int(use.sum()), "s2_max_per_A2": float((s[use] ** 2).max())}
