@@ -1,5 +1,6 @@
 # mdxrd: CHGNet molecular dynamics -> snapshots -> powder XRD -> averaged patterns -> Parquet.
-# Physics: METHOD.md (shared with the project); configuration: config/config.yaml.
+# Physics: METHOD.md (shared with the project); configuration: config/config.yaml. Every stage runs as
+# one job per shard of crystals (shards.crystals; mdxrd.grid).
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -12,14 +13,12 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/structure.smk"
-include: "workflow/rules/reference.smk"
+include: "workflow/rules/relax.smk"
 include: "workflow/rules/md.smk"
-include: "workflow/rules/snapshots.smk"
-include: "workflow/rules/xrd.smk"
+include: "workflow/rules/post.smk"
 include: "workflow/rules/qc.smk"
-include: "workflow/rules/plots.smk"
 include: "workflow/rules/dataset.smk"
+
 
 rule all:
     input:

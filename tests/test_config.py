@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mdxrd.config import ConfigError, load_config, md_batches, md_job_mem_mb, md_params, runs, validate_config
+from mdxrd.config import ConfigError, load_config, validate_config
+from mdxrd.grid import md_batches, md_job_mem_mb, runs, shard_runs, shards
+from mdxrd.params import md_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,18 +156,43 @@ def test_check_cli_exit_codes(tmp_path):
     assert "Traceback" not in res.stderr
 
 
-def test_md_jobs_split_the_runs_of_a_crystal(default_raw, monkeypatch):
+def test_shards_and_md_batches(default_raw, monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = validate_config(default_raw)
-    grid = [(e, t) for e in ("nvt_langevin", "nvt_berendsen", "npt_berendsen") for t in ("300", "600")]
+    assert shards(cfg) == {"s000000": ["Si"], "s000001": ["NaCl"], "s000002": ["Cu"]}  # default: a crystal each
+    grid = [(e, t) for e in ("nvt_langevin", "nvt_berendsen", "npt_berendsen") for t in (300.0, 600.0)]
 
-    def split(c):
-        return [[(w["ensemble"], w["temperature"]) for w in batch] for batch in md_batches(c)]
+    def split(c, shard="s000000"):
+        return [[(r.ensemble, r.temperature_K) for r in batch] for batch in md_batches(c, shard)]
 
-    assert split(cfg) == [grid]  # auto: the 6 runs of a crystal in one job
+    assert split(cfg) == [grid]  # auto: the 6 runs of a crystal in one batch
     assert split(_with(cfg, "md.runs_per_job", 4)) == [grid[:4], grid[4:]]
     assert split(_with(cfg, "md.runs_per_job", 1)) == [[g] for g in grid]
-    # auto under a memory cap: the largest supercell (64 atoms) needs 0.025 x 64^2 = 102 MB per run
-    assert md_job_mem_mb(cfg, 64, 6) == 1000 + int(0.025 * 64**2 * 6)
-    assert [len(b) for b in md_batches(_with(cfg, "md.max_job_mem_mb", 1000 + 2 * 103))] == [2, 2, 2]
-    assert [len(b) for b in md_batches(_with(cfg, "md.max_job_mem_mb", 1000))] == [1] * 6
+    # auto under a memory cap: a 64-atom supercell needs 0.025 x 64^2 = 102 MB per run
+    assert md_job_mem_mb("fast", 64, 6) == 1000 + int(0.025 * 64**2 * 6)
+    assert [len(b) for b in md_batches(_with(cfg, "md.max_job_mem_mb", 1000 + 2 * 103), "s000000")] == [2, 2, 2]
+    # two crystals a shard: Si and NaCl in s000000, Cu alone in s000001; batches run across crystals
+    two = validate_config({**default_raw, "shards": {"crystals": 2}})
+    assert shards(two) == {"s000000": ["Si", "NaCl"], "s000001": ["Cu"]}
+    assert [r.unit for r in shard_runs(two, "s000000")] == ["Si"] * 6 + ["NaCl"] * 6
+    assert [len(b) for b in md_batches(two, "s000000")] == [12]
+    # appending a crystal changes only the last shard
+    listed = [{"name": n, "cif": f"config/structures/{c}.cif", "supercell": [2, 2, 2]}
+              for n, c in (("Si", "Si"), ("NaCl", "NaCl"), ("Cu", "Cu"), ("Cu2", "Cu"))]
+    more = validate_config({**default_raw, "shards": {"crystals": 2}, "crystals": listed})
+    assert shards(more) == {"s000000": ["Si", "NaCl"], "s000001": ["Cu", "Cu2"]}
+
+
+@pytest.mark.parametrize(("change", "expect"), [
+    ({"shards": {"crystals": 0}}, "shards.crystals: 0 is less than the minimum of 1"),
+    ({"shards": {"crystals": 2.5}}, "shards.crystals: 2.5 is not of type 'integer'"),
+    ({"md": {"max_job_mem_mb": 1050}}, "md.max_job_mem_mb: 1050 MB cannot hold one MD run of this crystal "
+                                       "(64 atoms: 1102 MB estimated); allowed: at least 1102"),
+])
+def test_bad_shard_and_memory_settings(default_raw, monkeypatch, change, expect):
+    monkeypatch.chdir(REPO)
+    raw = copy.deepcopy(default_raw)
+    for key, value in change.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    with pytest.raises(ConfigError, match=re.escape(expect)):
+        validate_config(raw, "c.yaml")

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from mdxrd.config import (PARAM_STAGES, ConfigError, RunKey, load_config, md_params, split_of, validate_config,
-                          write_params)
+from mdxrd.config import ConfigError, load_config, validate_config
 from mdxrd.crystals import (CrystalTableError, auto_supercell, glob_crystals, perpendicular_widths, read_sheet)
+from mdxrd.grid import Run, split_of
 from mdxrd.io import load_params
+from mdxrd.params import STAGES, md_params, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 STRUCTURES = REPO / "config" / "structures"
@@ -197,35 +198,36 @@ def test_validated_sheet_is_reused_until_it_changes(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- parameter files and splits
 
-def test_parameter_files_per_stage_and_run(monkeypatch, tmp_path):
-    """write_params: one file per stage and MD run; untouched when unchanged; new files dated 1970, changed ones now."""
+def test_parameter_files_per_shard_and_stage(monkeypatch, tmp_path):
+    """write_params: one file per shard and stage, no paths in them; untouched when unchanged; new files dated
+    1970, changed ones now; appending a crystal writes the new shard's files only."""
     monkeypatch.chdir(REPO)
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg = validate_config(raw, "c.yaml", cache_dir=tmp_path / "checked")
     results = tmp_path / "results"
-    per_crystal = len(PARAM_STAGES) + 3 * 2  # stages + ensembles x temperatures
-    assert write_params(cfg, results) == 1 + 3 * per_crystal
-    si = results / "params" / "Si"
-    md = si / "md" / "npt_berendsen.300K.r0.json"
-    assert md.stat().st_mtime == 0 and (si / "xrd.json").stat().st_mtime == 0  # creation triggers no rerun
-    assert load_params(str(md)) == json.loads(json.dumps(md_params(cfg, RunKey("Si", "npt_berendsen", 300.0, 0))))
+    assert write_params(cfg, results) == 1 + 3 * len(STAGES)  # config.json, 3 shards x 5 stages
+    si = results / "params" / "s000000"
+    md = si / "md.json"
+    assert md.stat().st_mtime == 0 and (si / "post.json").stat().st_mtime == 0  # creation triggers no rerun
+    (batch,) = load_params(str(md))["batches"]
+    assert batch[4] == json.loads(json.dumps({"unit": "Si", "ensemble": "npt_berendsen", "temperature_K": 300.0,
+                                              "replica": 0, "params": md_params(cfg, Run("Si", "npt_berendsen",
+                                                                                           300.0, 0))}))
+    assert "results/" not in "".join(p.read_text() for p in results.rglob("params/s*/*.json"))  # no paths
     assert write_params(cfg, results) == 0
-    # another sigma: the xrd, reference and dataset files change (dated now), MD's do not
+    # another sigma: the relax (static patterns), post (xrd) and dataset files change (dated now), MD's do not
     cfg2 = validate_config({**raw, "xrd": {"sigma_deg": 0.2}}, "c.yaml", cache_dir=tmp_path / "checked")
     assert write_params(cfg2, results) == 1 + 3 * 3
-    assert (si / "xrd.json").stat().st_mtime > 0 and md.stat().st_mtime == 0
-    assert load_params(f"{si / 'reference.json'}#xrd")["instrument"][0]["sigma_deg"] == 0.2
-    # adding a crystal writes the config and the new crystal's files only
+    assert (si / "post.json").stat().st_mtime > 0 and md.stat().st_mtime == 0
+    assert load_params(f"{si / 'relax.json'}#xrd")["instrument"][0]["sigma_deg"] == 0.2
+    # adding a crystal writes the config, and the new shard's files only
     raw3 = {**raw, "crystals": [*read_sheet(REPO / "config" / "crystals.tsv"),
                                 {"name": "Si2", "cif": "config/structures/Si.cif"}]}
-    before = {p: p.read_bytes() for p in si.rglob("*.json")}
+    before = {p: p.read_bytes() for p in si.glob("*.json")}
     cfg3 = validate_config(raw3, "c.yaml", cache_dir=tmp_path / "checked")
-    assert write_params(cfg3, results) == 1 + 3 * 3 + per_crystal  # config, sigma back to 0.3, Si2
+    assert write_params(cfg3, results) == 1 + 3 * 3 + len(STAGES)  # config, sigma back to 0.3, s000003
     assert all(p.read_bytes() == b for p, b in before.items()
-               if p.name not in ("xrd.json", "reference.json", "dataset.json"))
-    with pytest.raises(ValueError, match="no section 'nve'"):
-        load_params(f"{si / 'qc.json'}#nve")
-
+               if p.name not in ("relax.json", "post.json", "dataset.json"))
 
 def test_split_per_crystal_is_deterministic_and_follows_the_fractions():
     fractions = {"train": 0.8, "validation": 0.1, "test": 0.1}

@@ -18,10 +18,10 @@ import pytest
 from ase.build import bulk
 from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
-from ase.io import read, write
+from ase.io import read
 
 from conftest import cu_fcc
-from mdxrd.md import LockstepBatcher, MDError, MDParams, run_md, run_md_batch
+from mdxrd.md import LockstepBatcher, MDParams, run_md, run_md_batch
 
 
 class FreshEMT(EMT):
@@ -156,44 +156,53 @@ def test_batcher_waits_for_every_active_run_and_lets_finished_runs_go(tmp_path):
 
 
 def test_a_run_that_blows_up_fails_alone_and_the_rerun_keeps_its_batch_mates(tmp_path):
-    # Run 1 starts at 10 x T0 with a runaway limit of 3 x T0: MDError at step 0. The other two
-    # finish; their finished state stays as a checkpoint, so running the batch again writes
-    # their outputs without MD and fails run 1 again.
-    atoms = cu_fcc(repeat=2)
-    good = dict(ensemble="nvt_langevin", temperature_K=300.0, n_steps=40, n_equil=10, n_interval=10)
-    runs = [MDParams(seed=1, **good),
-            MDParams(seed=2, start_temperature_factor=10.0, max_temperature_ratio=3.0, **good),
-            MDParams(seed=3, **good)]
-    batch = [(atoms, p, tmp_path / f"r{i}") for i, p in enumerate(runs)]
-    outcomes = run_md_batch(batch, calc=FreshEMT())
-    assert isinstance(outcomes[1], MDError) and "ran away" in str(outcomes[1])
-    assert not (tmp_path / "r1" / "thermo.csv").exists()
+    # Run 1 starts at 10 x T0 with a runaway limit of 3 x T0: MDError at step 0. The other two finish and
+    # are written; the shard job fails naming run 1 and writes no manifest. Its rerun reuses the two
+    # finished runs (their stamps) and fails run 1 again; with run 1 fixed, only run 1 runs.
+    from conftest import EMT_POTENTIAL, md_shard
+    from mdxrd.md import run_shard
+    from mdxrd.potentials import resolve_potential
+    from mdxrd.shard import ShardError
+
+    good = dict(ensemble="nvt_langevin", temperature_K=300.0, n_steps=40, n_equil=10, n_interval=10,
+                potential=resolve_potential(EMT_POTENTIAL), checkpoint_interval=10)
+    bad = dict(start_temperature_factor=10.0, max_temperature_ratio=3.0)
+    params, supercell, run_dir, manifest = md_shard(tmp_path, cu_fcc(repeat=2),
+                                                    [{**good, "seed": 1}, {**good, "seed": 2, **bad}, {**good, "seed": 3}])
+    out = [tmp_path / "md" / "X" / "nvt_langevin" / "300K" / f"r{i}" for i in range(3)]
+    with pytest.raises(ShardError, match=rf"1 of 3 MD runs failed.*\n{out[1]}: step 0: temperature .* ran away"):
+        run_shard(params, supercell, run_dir, manifest)
+    assert not manifest.exists() and not (out[1] / "thermo.csv").exists()
     for i in (0, 2):
-        assert outcomes[i]["resumed_from_step"] == 0
-        assert (tmp_path / f"r{i}" / "checkpoint.pkl").is_file()
-        run_md(atoms, runs[i], tmp_path / f"alone{i}", calc=FreshEMT())
-        _assert_same_run(tmp_path / f"r{i}", tmp_path / f"alone{i}")
-        (tmp_path / f"r{i}" / "thermo.csv").unlink()  # as Snakemake removes a failed job's outputs
-    again = run_md_batch(batch, calc=FreshEMT())
-    assert isinstance(again[1], MDError)
-    for i in (0, 2):
-        assert again[i]["resumed_from_step"] == 40
-        _assert_same_run(tmp_path / f"r{i}", tmp_path / f"alone{i}")
+        run_md(read(supercell.format(unit="X")), MDParams(**params["batches"][0][i]["params"]), tmp_path / f"alone{i}",
+               calc=FreshEMT())
+        _assert_same_run(out[i], tmp_path / f"alone{i}")
+    written = {i: (out[i] / "thermo.csv").stat().st_mtime_ns for i in (0, 2)}
+    with pytest.raises(ShardError, match="1 of 3 MD runs failed"):
+        run_shard(params, supercell, run_dir, manifest)
+    assert {i: (out[i] / "thermo.csv").stat().st_mtime_ns for i in (0, 2)} == written  # reused, not rerun
+    params["batches"][0][1]["params"] = {**good, "seed": 2}
+    assert run_shard(params, supercell, run_dir, manifest) == 1
+    entries = json.loads(manifest.read_text())["entries"]
+    assert [e["reused"] for e in sorted(entries, key=lambda e: e["replica"])] == [True, False, True]
 
 
-def test_cli_runs_a_batch_and_names_the_failed_run(tmp_path):
+def test_cli_runs_a_shard_and_names_the_failed_run(tmp_path):
     pytest.importorskip("chgnet")
-    write(tmp_path / "cell.traj", bulk("Si", "diamond", a=5.4612, cubic=True))
-    args = [sys.executable, "-m", "mdxrd", "md", str(tmp_path / "cell.traj")]
-    for i, extra in enumerate([{}, {"start_temperature_factor": 10.0, "max_temperature_ratio": 3.0}]):
-        params = dict(ensemble="nvt_berendsen", temperature_K=300.0, n_steps=6, n_equil=2, n_interval=2,
-                      device="cpu", seed=i, **extra)
-        (tmp_path / f"p{i}.json").write_text(json.dumps(params))
-        args += ["--out-dir", str(tmp_path / f"r{i}"), "--params", str(tmp_path / f"p{i}.json")]
+    from conftest import md_shard
+
+    runs = [dict(ensemble="nvt_berendsen", temperature_K=300.0, n_steps=6, n_equil=2, n_interval=2, device="cpu",
+                 seed=i, **extra) for i, extra in enumerate([{}, {"start_temperature_factor": 10.0,
+                                                                   "max_temperature_ratio": 3.0}])]
+    params, supercell, run_dir, manifest = md_shard(tmp_path, bulk("Si", "diamond", a=5.4612, cubic=True), runs)
+    (tmp_path / "md.json").write_text(json.dumps(params))
+    args = [sys.executable, "-m", "mdxrd", "md", "--params", str(tmp_path / "md.json"), "--supercell", supercell,
+            "--run-dir", run_dir, "--manifest", str(manifest)]
     proc = subprocess.run(args, capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert f"{tmp_path / 'r1'}: step 0: temperature" in proc.stderr
-    record = json.loads((tmp_path / "r0" / "run.json").read_text())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    failed = tmp_path / "md" / "X" / "nvt_berendsen" / "300K" / "r1"
+    assert f"{failed}: step 0: temperature" in proc.stderr
+    record = json.loads((failed.parent / "r0" / "run.json").read_text())
     assert record["runs_in_batch"] == 2 and record["calculator"] == "FastCHGNetCalculator"
-    proc = subprocess.run(args[:9] + args[11:], capture_output=True, text=True)
-    assert proc.returncode != 0 and "one of each per run" in proc.stderr
+    proc = subprocess.run(args[:5] + args[7:], capture_output=True, text=True)  # without --supercell
+    assert proc.returncode == 2 and "--supercell" in proc.stderr

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
-from ase.io import read, write
+from ase.io import read
 
 from conftest import cu_fcc
 from mdxrd.md import MDError, MDParams, run_md
@@ -97,19 +97,24 @@ def test_checkpoint_with_other_parameters_is_ignored(tmp_path):
 @pytest.mark.slow
 def test_cli_run_killed_with_sigkill_resumes(tmp_path):
     """The real thing: `mdxrd md` with CHGNet, SIGKILLed after its first checkpoint, rerun."""
-    atoms = cu_fcc(a=3.6156, repeat=2)
-    write(tmp_path / "sc.traj", atoms)
-    params = json.dumps(dict(ensemble="nvt_langevin", temperature_K=300.0, n_steps=30, n_equil=10, n_interval=10,
-                             seed=4, checkpoint_interval=10))
+    from conftest import md_shard
+
+    run = dict(ensemble="nvt_langevin", temperature_K=300.0, n_steps=30, n_equil=10, n_interval=10, seed=4,
+               checkpoint_interval=10)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def cmd(out):
-        return [sys.executable, "-m", "mdxrd", "md", str(tmp_path / "sc.traj"), "--out-dir", str(out),
-                "--params", params]
+    def cmd(work):
+        params, supercell, run_dir, manifest = md_shard(work, cu_fcc(a=3.6156, repeat=2), [run])
+        (work / "md.json").write_text(json.dumps(params))
+        return [sys.executable, "-m", "mdxrd", "md", "--params", str(work / "md.json"), "--supercell", supercell,
+                "--run-dir", run_dir, "--manifest", str(manifest)]
+
+    def out(work):
+        return work / "md" / "X" / "nvt_langevin" / "300K" / "r0"
 
     subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, env=env)
     proc = subprocess.Popen(cmd(tmp_path / "cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    ckpt = tmp_path / "cut" / "checkpoint.pkl"
+    ckpt = out(tmp_path / "cut") / "checkpoint.pkl"
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -117,11 +122,11 @@ def test_cli_run_killed_with_sigkill_resumes(tmp_path):
     proc.wait()
     if not ckpt.exists():
         pytest.skip("the run finished before it could be killed")
-    assert not (tmp_path / "cut" / "thermo.csv").exists()
+    assert not (out(tmp_path / "cut") / "thermo.csv").exists()
     res = subprocess.run(cmd(tmp_path / "cut"), capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     assert "resuming from" in res.stderr
-    ref, cut = _outputs(tmp_path / "ref"), _outputs(tmp_path / "cut")
+    ref, cut = _outputs(out(tmp_path / "ref")), _outputs(out(tmp_path / "cut"))
     assert ref[0] == cut[0] and np.array_equal(ref[1], cut[1])
 
 

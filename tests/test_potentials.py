@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mdxrd.config import ConfigError, runs, units, validate_config
+from mdxrd.config import ConfigError, validate_config
+from mdxrd.grid import runs, shard_units, units
 from mdxrd.potentials import BUILTIN, PotentialError, make_potential, resolve_potential, unit_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _config(tmp_path, monkeypatch, potentials):
     monkeypatch.chdir(REPO)
     raw = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+    raw["crystals"] = [c for c in raw["crystals"] if c["name"] == "Cu"]
     return validate_config({**raw, "potentials": potentials}, "c.yaml", cache_dir=tmp_path / "checked")
 
 
@@ -66,8 +68,9 @@ def test_potentials_multiply_the_grid(tmp_path, monkeypatch):
     assert unit_name("Cu", "chgnet") == "Cu"  # the default keeps its paths when a potential is added
     keys = runs(cfg)
     assert len(keys) == 2 * len(cfg["ensembles"]) * len(cfg["temperatures_K"])
-    assert {k.crystal for k in keys} == {"Cu", "Cu@sevennet-0"}
-    assert len({k.wildcards["crystal"] + k.ensemble for k in keys}) == len(keys)
+    assert {k.unit for k in keys} == {"Cu", "Cu@sevennet-0"}
+    assert len({k.unit + k.label for k in keys}) == len(keys)
+    assert [u["name"] for u in shard_units(cfg, "s000000")] == ["Cu", "Cu@sevennet-0"]  # a crystal's units share a shard
 
 
 def _displaced_si():
@@ -122,7 +125,6 @@ def test_comparison_puts_potentials_side_by_side(tmp_path):
     """qc-potentials: one row per crystal and quantity that exists, a value and a deviation per potential."""
     import pandas as pd
 
-    from mdxrd.config import LAYOUT
     from mdxrd.qc import compare_potentials
 
     pots = [{"name": "chgnet"}, {"name": "sevennet-0"}]
@@ -131,13 +133,13 @@ def test_comparison_puts_potentials_side_by_side(tmp_path):
     exp = {"Si": 0.485, "Cu": 0.55}
     for (xtal, pot), b in values.items():
         unit = xtal if pot == "chgnet" else f"{xtal}@{pot}"
-        path = tmp_path / LAYOUT["qc_table"].format(crystal=unit)
+        path = tmp_path / "qc" / unit / "qc.parquet"
         path.parent.mkdir(parents=True)
         pd.DataFrame([{"crystal": unit, "scope": "crystal", "check": f"B_iso_{xtal}_vs_experiment", "value": b,
                        "reference": exp[xtal], "deviation": b / exp[xtal] - 1, "status": "pass", "detail": ""},
                       {"crystal": unit, "scope": "run", "check": "equilibrated", "value": None, "reference": None,
                        "deviation": None, "status": "pass", "detail": ""}]).to_parquet(path)
-    table = compare_potentials(config, tmp_path)
+    table = compare_potentials(config, str(tmp_path / "qc" / "{unit}"))
     assert list(table.crystal) == ["Si", "Cu"]  # config order, no row for an element a crystal does not have
     assert list(table.quantity) == ["B_iso Si (A^2)", "B_iso Cu (A^2)"]
     assert list(table.columns) == ["crystal", "quantity", "reference", "chgnet value", "chgnet dev %",

@@ -1,9 +1,10 @@
-"""Thousands of crystals: a 2,000-crystal sheet plans its DAG and its dataset job runs, within bounded memory.
+"""Thousands of crystals: a 2,000-crystal sheet plans its DAG in shards and its dataset job runs, within bounded
+memory.
 
-The MD and XRD outputs are not computed here: every crystal's dataset part is one small
+The MD and XRD outputs are not computed here: every shard's dataset part is one small
 synthetic part (the real schema, the config's 2theta grid), so the test exercises what
 grows with the number of crystals: the sheet, the checked records, the parameter files,
-the DAG, and the one job that sees every crystal (the dataset's shared metadata).
+the DAG, and the one job that sees every shard (the dataset's shared metadata).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def test_two_thousand_crystal_sheet(tmp_path):
     cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
     cfg["ensembles"], cfg["temperatures_K"] = ["nvt_langevin"], [300]
     cfg["crystals"] = "crystals.tsv"
+    cfg["shards"] = {"crystals": 20}  # 100 shards
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     (tmp_path / "cifs").mkdir()
     names = [f"c{i:04d}" for i in range(N_CRYSTALS)]
@@ -69,37 +71,38 @@ def test_two_thousand_crystal_sheet(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     counts = {m[0]: int(m[1]) for m in (line.split() for line in res.stdout.splitlines()) if len(m) == 2
               and m[1].isdigit()}
-    assert counts["structure"] == N_CRYSTALS and counts["md"] == N_CRYSTALS and counts["dataset_part"] == N_CRYSTALS
+    n_shards = N_CRYSTALS // 20
+    assert counts["relax"] == n_shards and counts["md"] == n_shards and counts["dataset_part"] == n_shards
     assert counts["dataset"] == 1
     params = tmp_path / "results" / "params"
-    assert len(list(params.glob("*/md/*.json"))) == N_CRYSTALS and len(list(params.glob("*/xrd.json"))) == N_CRYSTALS
+    assert len(list(params.glob("s*/*.json"))) == 5 * n_shards  # O(shards) files, not O(crystals x stages)
     checked = sorted(p.name.split("-")[0] for p in (tmp_path / "results" / "checked").glob("*.json"))
     assert len(checked) == 2 and checked[-1] == "table"  # one structure record, one validated sheet
 
     # every part present (synthetic), then the dataset job alone: it reads all 2,000 footers
     x = cfg["xrd"]
     grid = two_theta_grid(x["two_theta_min"], x["two_theta_max"], x["two_theta_step"])
-    for name in names:
-        part = tmp_path / "results" / "dataset" / f"crystal={name}" / "part-0.parquet"
-        part.parent.mkdir(parents=True)
-        rows = _synthetic_part(part, name, grid)
+    (tmp_path / "results" / "dataset").mkdir()
+    for i in range(n_shards):
+        rows = _synthetic_part(tmp_path / "results" / "dataset" / f"part-s{i:06d}.parquet", names[i], grid)
     t0 = time.perf_counter()
     res = subprocess.run([*smk, "--allowed-rules", "dataset", "--printshellcmds", "results/dataset/_common_metadata"],
                          capture_output=True, text=True)
     job_s = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr[-3000:]
     shell = next(line for line in (res.stdout + res.stderr).splitlines() if "python -m mdxrd dataset" in line)
-    assert len(shell) < 500  # no per-crystal data on the command line: nothing near Linux's 128 KiB limit
+    assert len(shell) < 100 * n_shards  # a path per shard on the command line, nothing per crystal
     bench = pd.read_csv(tmp_path / "results" / "benchmarks" / "dataset.tsv", sep="\t")
     assert bench["max_rss"].iloc[0] < 1000, bench  # MB
     df = pd.read_parquet(tmp_path / "results" / "dataset", columns=["kind", "crystal"])
-    assert len(df) == rows * N_CRYSTALS and df.crystal.nunique() == N_CRYSTALS
+    assert len(df) == rows * n_shards and df.crystal.nunique() == n_shards
     print(f"\n{N_CRYSTALS} crystals: dry-run {dry_s:.1f} s; dataset job {job_s:.1f} s, "
           f"max RSS {bench['max_rss'].iloc[0]:.0f} MB")
 
 
-def test_dataset_metadata_checks_parts_and_drops_removed_crystals(tmp_path):
-    """The dataset job: same schema and grid in every part; parts of crystals no longer configured go."""
+def test_dataset_metadata_checks_parts_and_drops_parts_not_configured(tmp_path):
+    """The dataset job: same schema and grid in every part; parts of shards no longer configured go, and so do the
+    per-crystal parts of mdxrd before shards."""
     import pandas as pd
 
     from mdxrd.dataset import read_dataset, write_common_metadata
@@ -108,14 +111,17 @@ def test_dataset_metadata_checks_parts_and_drops_removed_crystals(tmp_path):
     config = {"crystals": [{"name": "A"}, {"name": "B"}], "xrd": {"wavelength": "CuKa1", "two_theta_min": 20.0,
                                                                   "two_theta_max": 30.0, "two_theta_step": 0.5}}
     grid = two_theta_grid(20.0, 30.0, 0.5)
-    for name in ("A", "B", "Old"):
-        (tmp_path / f"crystal={name}").mkdir()
-        _synthetic_part(tmp_path / f"crystal={name}" / "part-0.parquet", name, grid)
-    assert write_common_metadata(config, tmp_path, tmp_path / "_common_metadata") == 6
-    assert not (tmp_path / "crystal=Old").exists()
+    parts = [tmp_path / "part-s000000.parquet", tmp_path / "part-s000001.parquet"]
+    for part, name in zip(parts, ("A", "B")):
+        _synthetic_part(part, name, grid)
+    _synthetic_part(tmp_path / "part-s000002.parquet", "Old", grid)
+    (tmp_path / "crystal=A").mkdir()
+    _synthetic_part(tmp_path / "crystal=A" / "part-0.parquet", "A", grid)
+    assert write_common_metadata(config, parts, tmp_path / "_common_metadata") == 6
+    assert not (tmp_path / "part-s000002.parquet").exists() and not (tmp_path / "crystal=A").exists()
     df, two_theta, meta = read_dataset(tmp_path)
     assert sorted(df.crystal.unique()) == ["A", "B"] and np.array_equal(two_theta, grid)
     assert len(pd.read_parquet(tmp_path)) == 6
-    _synthetic_part(tmp_path / "crystal=B" / "part-0.parquet", "B", two_theta_grid(20.0, 30.0, 0.25))
-    with pytest.raises(ValueError, match="crystal=B/part-0.parquet: 2theta grid differs"):
-        write_common_metadata(config, tmp_path, tmp_path / "_common_metadata")
+    _synthetic_part(parts[1], "B", two_theta_grid(20.0, 30.0, 0.25))
+    with pytest.raises(ValueError, match="part-s000001.parquet: 2theta grid differs"):
+        write_common_metadata(config, parts, tmp_path / "_common_metadata")

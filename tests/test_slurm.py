@@ -10,6 +10,7 @@ sacct) and compares the dataset with the local executor's.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -58,24 +59,27 @@ def _path_without_slurm(tmp_path: Path) -> str:
 
 
 def test_dry_run_with_slurm_profile_default_grid(tmp_path):
-    """`snakemake -n --profile profiles/slurm` on a machine without SLURM; 29 submissions for the default grid."""
+    """`snakemake -n --profile profiles/slurm` on a machine without SLURM: the default grid is one shard of the
+    profile's size, five shard jobs and the gathering group."""
     env = {**os.environ, "PATH": _path_without_slurm(tmp_path)}
-    res = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--profile", "profiles/slurm"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config").symlink_to(REPO / "config")
+    res = subprocess.run([*SNAKEMAKE, "-n", "--profile", str(REPO / "profiles" / "slurm"), "-s", str(REPO / "Snakefile"),
+                          "-d", str(work)], env=env, capture_output=True, text=True, timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-5000:]
-    assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in out
-    runs = 3 * 3 * 2
-    assert _submissions(res.stdout) == {"group crystal_0K": 3, "md": 3, "group post": runs,
-                                        "group crystal_qc": 3, "group dataset_parts": 1, "group final": 1}
-    # md (a crystal's 6 runs in one job) asks for one GPU and a time limit from atoms x steps x runs;
-    # the CPU rules for none
+    assert "workflow specific profile profiles/default" in out
+    assert _submissions(res.stdout) == {"relax": 1, "md": 1, "post": 1, "qc": 1, "dataset_part": 1, "group final": 1}
+    # md asks for one GPU and a time limit from atoms x steps x runs; the CPU rules for none
     md_resources = re.findall(r"^rule md:\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.MULTILINE)
-    assert len(md_resources) == 3 and all("gpu=1" in r and "runtime=" in r for r in md_resources)
-    other = re.findall(r"^ *rule (?:structure|snapshots|xrd|dataset):\n(?: .*\n)*? *resources: (.*)$",
+    assert len(md_resources) == 1 and all("gpu=1" in r and "runtime=" in r for r in md_resources)
+    other = re.findall(r"^ *rule (?:relax|post|qc|dataset_part|dataset):\n(?: .*\n)*? *resources: (.*)$",
                        res.stdout, re.MULTILINE)
-    assert len(other) == 3 + 2 * runs + 1 and not any("gpu" in r for r in other)
+    assert len(other) == 5 and not any("gpu" in r for r in other)
     assert all("runtime=" in r and "mem_mb=" in r for r in other)
+    # the profile's shard: 100 crystals (the default grid's 3 in one)
+    assert json.loads((work / "results" / "params" / "config.json").read_text())["shards"] == {"crystals": 100}
 
 
 def test_partition_file_sends_gpu_jobs_to_gpu_partition():
@@ -113,6 +117,8 @@ def _skip_reason() -> str | None:
 def cluster():
     """A single-node SLURM cluster (partitions cpu and gpu, two fake GPUs), torn down afterwards."""
     reason = _skip_reason()
+    if reason and os.environ.get("MDXRD_REQUIRE_SLURM") == "1":  # CI installs the cluster: it must run there
+        pytest.fail(f"MDXRD_REQUIRE_SLURM=1 but {reason}")
     if reason:
         pytest.skip(reason)
     state = Path(tempfile.mkdtemp(prefix="mdxrd-slurm-", dir="/tmp"))  # short, world-traversable (munged)
@@ -120,6 +126,8 @@ def cluster():
         res = subprocess.run(["bash", str(SLURM_DIR / "start.sh"), str(state)], capture_output=True, text=True,
                              timeout=120)
         if res.returncode == 3:
+            if os.environ.get("MDXRD_REQUIRE_SLURM") == "1":
+                pytest.fail(res.stderr.strip())
             pytest.skip(res.stderr.strip())
         assert res.returncode == 0, f"cluster start failed:\n{res.stdout}\n{res.stderr}"
         yield state
@@ -145,10 +153,11 @@ def _readme_install_command() -> str:
     return lines[0].split(" #", 1)[0]
 
 
-def _scontrol_job(jobid: str) -> dict[str, str]:
+def _scontrol_jobs(jobid: str) -> list[dict[str, str]]:
+    """``scontrol show job`` of a job, or of every task of an array job."""
     out = subprocess.run(["scontrol", "show", "job", "-d", "-o", jobid], capture_output=True, text=True,
                          check=True, timeout=30).stdout
-    return dict(re.findall(r"(?:^|\s)([A-Za-z_/:]+)=(\S*)", out))
+    return [dict(re.findall(r"(?:^|\s)([A-Za-z_/:]+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
 
 
 @pytest.mark.slow
@@ -167,9 +176,11 @@ def test_snakemake_profile_slurm_runs_on_a_cluster(cluster, tmp_path):
     config = _tiny_config(work)
     # the profile as installed, from a working directory without ./slurm; for this cluster only:
     # no slurmdbd, so squeue (MinJobAge 900 s) for status, a first check after 2 s, logs kept
+    # two shards (the tiny config's), post-processing on the node's two cores
     cmd = ["timeout", "-k", "10", str(RUN_TIMEOUT_S), *SNAKEMAKE, "--profile", "slurm", "-s", str(REPO / "Snakefile"),
-           "--configfile", str(config), "--slurm-status-command", "squeue",
-           "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs"]
+           "--configfile", str(config), "--config", "shards={crystals: 2}", "--set-threads", "post=2",
+           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+           "--slurm-keep-successful-logs"]
     res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     out = res.stdout + res.stderr
     (tmp_path / "snakemake_slurm.out").write_text(out)
@@ -178,29 +189,31 @@ def test_snakemake_profile_slurm_runs_on_a_cluster(cluster, tmp_path):
         pytest.fail(f"snakemake --profile slurm exited {res.returncode}:\n{out[-6000:]}\n{logs[-6000:]}")
     assert "Using profiles slurm and workflow specific profile" in out, out[:2000]
 
-    # every submission: SLURM job id and the rule or group in its log path
-    submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", out)
-    # (.snakemake/slurm_logs/rule_<rule>/... or group_<group>_<rules>/...)
-    kinds = {}
-    for jobid, log in submitted:
-        kind = Path(log).parts[Path(log).parts.index("slurm_logs") + 1]
-        kinds[jobid] = next((g for g in ("group_post", "group_crystal_0K", "group_crystal_qc", "group_dataset_parts",
-                                         "group_final")
-                             if kind.startswith(g + "_")), kind)
-    assert sorted(kinds.values()) == sorted(["group_crystal_0K", "rule_md", "group_post", "group_post",
-                                             "group_crystal_qc", "group_dataset_parts", "group_final"]), out[-4000:]
-    for jobid, kind in kinds.items():
-        job = _scontrol_job(jobid)
-        assert job["JobState"] == "COMPLETED", (jobid, kind, job)
-        if kind == "rule_md":  # the GPU partition, one GPU allocated
-            assert job["Partition"] == "gpu" and job["JOB_GRES"] == "gpu:1", (jobid, job)
-        else:  # the CPU partition, no GPU
-            assert job["Partition"] == "cpu" and job.get("JOB_GRES", "(null)") == "(null)", (jobid, kind, job)
-    # the snapshots and XRD (with the average) of one run ran inside one CPU job
-    for jobid, log in submitted:
-        if kinds[jobid] == "group_post":
-            text = Path(log).read_text()
-            assert all(re.search(rf"rule {r}:", text) for r in ("snapshots", "xrd")), text[-3000:]
+    # every sbatch call: a job (its log path names the rule or group) or a job array (its tasks' logs do)
+    logs = work / ".snakemake" / "slurm_logs"
+    calls = {jobid: Path(log).relative_to(logs).parts[0]
+             for jobid, log in re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", out)}
+    for jobid in re.findall(r"Submitted array job with Snakemake IDs \S+ and SLURM job ID (\d+)", out):
+        (task_log, *_) = sorted(logs.glob(f"*/{jobid}_*.log"))
+        calls[jobid] = task_log.parent.name
+    kinds = sorted(calls.values())
+    assert set(kinds) == {"rule_relax", "rule_md", "rule_post", "rule_qc", "rule_dataset_part",
+                          "group_final_dataset_qc_potentials"}, out[-4000:]
+    # two shards: 5 shard jobs each and the gathering group is 11 jobs; the two relax jobs start together
+    # and go out as one array, so at most 10 sbatch calls
+    assert "rule_relax" in {calls[j] for j in re.findall(r"SLURM job ID (\d+)", out)}, out[-4000:]
+    assert len(calls) <= 10, kinds
+    print(f"\nSLURM: {len(calls)} sbatch calls for 11 jobs: {kinds}")
+    for jobid, kind in calls.items():
+        for job in _scontrol_jobs(jobid):
+            assert job["JobState"] == "COMPLETED", (jobid, kind, job)
+            if kind == "rule_md":  # the GPU partition, one GPU allocated
+                assert job["Partition"] == "gpu" and job["JOB_GRES"] == "gpu:1", (jobid, job)
+            else:  # the CPU partition, no GPU
+                assert job["Partition"] == "cpu" and job.get("JOB_GRES", "(null)") == "(null)", (jobid, kind, job)
+    # the shard manifests: MgCO3 alone in the second shard
+    manifest = json.loads((work / "results" / "shards" / "s000001" / "md.json").read_text())
+    assert {e["unit"] for e in manifest["entries"]} == {"MgCO3"}
 
     # the same table as the local executor makes from the same config (same seeds, same machine)
     ref = tmp_path / "local_run"

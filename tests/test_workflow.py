@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from mdxrd.config import config_hash, validate_config
+from mdxrd.config import validate_config
+from mdxrd.params import config_hash
 from mdxrd.dataset import content_hash, read_dataset, schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,52 +26,63 @@ def _job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
 
 
-def test_dry_run_default_config_lists_the_grid():
-    # --forceall: as on a fresh clone, whatever results/ this checkout already holds
-    res = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--cores", "2"], cwd=REPO, capture_output=True, text=True)
+def _workdir(tmp_path: Path) -> Path:
+    """A working directory whose config/ is the repository's (config/config.yaml, the sheet, the CIFs), so a
+    run writes its results/ there and not into the checkout."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config").symlink_to(REPO / "config")
+    return work
+
+
+def test_dry_run_default_config_lists_the_grid(tmp_path):
+    work = _workdir(tmp_path)
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "-n", "--cores", "2"],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr + res.stdout
     counts = _job_counts(res.stdout)
-    runs = 3 * 3 * 2  # crystals x ensembles x temperatures
-    # md.runs_per_job auto: the 6 runs of a crystal in one MD job
-    assert counts == {"structure": 3, "reference": 3, "md": 3, "snapshots": runs, "xrd": runs,
-                      "qc": 3, "plots": 3, "dataset_part": 3, "dataset": 1, "qc_potentials": 1, "all": 1,
-                      "total": 6 * 3 + 2 * runs + 3}
+    # shards.crystals 1: every stage one job per crystal (md: its 6 runs in one lockstep batch)
+    assert counts == {"relax": 3, "md": 3, "post": 3, "qc": 3, "dataset_part": 3, "dataset": 1, "qc_potentials": 1,
+                      "all": 1, "total": 5 * 3 + 3}
+    assert sorted(p.name for p in (work / "results" / "params").iterdir()) == [
+        "config.json", "manifest.json", "s000000", "s000001", "s000002"]
 
 
-def test_dry_run_runs_per_job_splits_md(tmp_path):
-    """md.runs_per_job 4: a crystal's 6 runs in two MD jobs (rules md_0, md_1), 4 and 2 runs."""
+def test_dry_run_shards_and_md_batches(tmp_path):
+    """shards.crystals 2 and md.runs_per_job 4: two shards; Si and NaCl's 12 runs in batches of 4 in one MD job."""
+    work = _workdir(tmp_path)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["md"]["runs_per_job"] = 4
+    cfg["shards"] = {"crystals": 2}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--cores", "2", "--configfile", str(tmp_path / "c.yaml")],
-                         cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "-n", "--cores", "2",
+                          "--configfile", str(tmp_path / "c.yaml")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     counts = _job_counts(res.stdout)
-    assert counts["md_0"] == 3 and counts["md_1"] == 3 and "md" not in counts
-    jobs = re.findall(r"^rule (md_\d):\n(?:    .*\n)*?    output: (.*)\n", res.stdout, re.MULTILINE)
-    runs = {rule: {len(re.findall(r"thermo\.csv", outputs)) for r, outputs in jobs if r == rule} for rule in ("md_0", "md_1")}
-    assert runs == {"md_0": {4}, "md_1": {2}}
-    # back to the default parameter files for the other tests
-    subprocess.run([*SNAKEMAKE, "-n", "--cores", "1"], cwd=REPO, capture_output=True, check=True)
+    assert counts["md"] == 2 and counts["relax"] == 2 and counts["dataset_part"] == 2
+    batches = json.loads((work / "results" / "params" / "s000000" / "md.json").read_text())["batches"]
+    assert [[r["unit"] for r in b] for b in batches] == [["Si"] * 4, ["Si"] * 2 + ["NaCl"] * 2, ["NaCl"] * 4]
 
 
 def test_dry_run_glob_of_structure_files(tmp_path):
     """crystals: a glob: one crystal per file, named by its stem, supercell auto (Cu: 3x3x3 for 10 A)."""
     res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
                           str(REPO / ".test" / "config.yaml"), "--config", f"crystals={REPO}/config/structures/*.cif",
-                          "-n", "--cores", "2"], capture_output=True, text=True)
+                          "shards={crystals: 3}", "-n", "--cores", "2"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     counts = _job_counts(res.stdout)
     names = ["Bi", "Cu", "Mg", "MgCO3", "MgSiO3", "NaCl", "Si", "TiO2"]
-    assert counts["structure"] == len(names) and counts["md"] == len(names) and counts["dataset_part"] == len(names)
+    assert counts["relax"] == 3 and counts["md"] == 3 and counts["dataset_part"] == 3  # 8 crystals, 3 a shard
     params = tmp_path / "results" / "params"
-    assert json.loads((params / "Cu" / "structure.json").read_text())["supercell"] == [3, 3, 3]
-    assert json.loads((params / "Cu" / "xrd.json").read_text())["supercell"] == [3, 3, 3]
-    assert sorted(p.name for p in params.iterdir() if p.is_dir()) == names
+    units = json.loads((params / "s000000" / "relax.json").read_text())["units"]
+    assert [u["name"] for u in units] == names[:3] and units[1]["structure"]["supercell"] == [3, 3, 3]
+    post = json.loads((params / "s000000" / "post.json").read_text())["runs"]
+    assert {r["unit"]: r["supercell"] for r in post}["Cu"] == [3, 3, 3]
 
 
-def test_lint_is_clean():
-    res = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True)
+def test_lint_is_clean(tmp_path):
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(_workdir(tmp_path)), "--lint"],
+                         capture_output=True, text=True)
     assert res.returncode == 0 and "Congratulations" in res.stdout + res.stderr, res.stdout + res.stderr
 
 
@@ -110,8 +122,9 @@ def tiny_run(tmp_path_factory):
 def test_tiny_run_dataset(tiny_run):
     work, config = tiny_run
     path = work / "results" / "dataset"
+    # shards.crystals 2: Cu and Mg in s000000, MgCO3 in s000001
     assert sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) == [
-        "_common_metadata", *(f"crystal={c}/part-0.parquet" for c in TINY_CRYSTALS)]
+        "_common_metadata", "part-s000000.parquet", "part-s000001.parquet"]
     df, grid, meta = read_dataset(path)
     n_runs, n_snap = 2, len(range(10 + 5, 20 + 1, 5))
     assert len(df) == 3 * 2 * (2 + n_runs * (n_snap + 1))  # three crystals, two instrument conditions
@@ -248,7 +261,8 @@ def check_instrument_conditions(df, grid) -> None:
 
 @pytest.mark.slow
 def test_dataset_readers_see_one_table(tiny_run):
-    """pandas, pyarrow.dataset, polars, duckdb and Hugging Face datasets read results/dataset as one table."""
+    """pandas, pyarrow.dataset (with and without hive partitioning), polars, duckdb and Hugging Face datasets read
+    results/dataset as one table."""
     import duckdb
     import pandas as pd
     import polars as pl
@@ -260,24 +274,27 @@ def test_dataset_readers_see_one_table(tiny_run):
     n = len(pd.read_parquet(root))
     assert n == 3 * 2 * (2 + 2 * 3)
     assert ds.dataset(root).to_table(filter=ds.field("kind") == "average").num_rows == 3 * 2 * 2
-    frame = pl.read_parquet(f"{root}/*/*.parquet", hive_partitioning=True)
+    hive = ds.dataset(root, partitioning="hive", format="parquet")  # issue 22: failed with the crystal=<name> layout
+    assert hive.to_table(filter=ds.field("crystal") == "Mg").num_rows == n // 3
+    frame = pl.read_parquet(f"{root}/*.parquet")
     assert frame.height == n and sorted(frame["crystal"].unique().to_list()) == TINY_CRYSTALS
-    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{root}/*/*.parquet')").fetchall() == [(n,)]
-    hf = load_dataset("parquet", data_files=f"{root}/*/*.parquet", split="train", cache_dir=str(work / "hf"))
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{root}/*.parquet')").fetchall() == [(n,)]
+    hf = load_dataset("parquet", data_files=f"{root}/*.parquet", split="train", cache_dir=str(work / "hf"))
     assert hf.num_rows == n and set(hf["crystal"]) == set(TINY_CRYSTALS)
     row = hf.filter(lambda r: r["kind"] == "average" and r["crystal"] == "MgCO3")[0]
     assert sorted(b["element"] for b in row["B_iso"]) == ["C", "Mg", "O"] and len(row["intensity"]) == 1201
 
 
 def config_split(config: dict) -> str:
-    from mdxrd.config import split_of
+    from mdxrd.grid import split_of
 
     return split_of(config["seed"], "Cu", config["dataset"]["split"])
 
 
 @pytest.mark.slow
 def test_adding_a_crystal_reruns_only_its_jobs(tiny_run, tmp_path):
-    """A second crystal in the table adds its own jobs and dataset part; Cu's part is not rewritten."""
+    """A crystal appended to the table joins the last shard (MgCO3's): only that shard's jobs run (its MD job reuses
+    MgCO3's finished runs); the first shard's part is not rewritten."""
     work, _ = tiny_run
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     cfg["crystals"].append({"name": "Si", "cif": str(REPO / "config" / "structures" / "Si.cif")})
@@ -286,8 +303,9 @@ def test_adding_a_crystal_reruns_only_its_jobs(tiny_run, tmp_path):
                           str(tmp_path / "more.yaml"), "-n", "--cores", "2"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     counts = _job_counts(res.stdout)
-    assert counts["dataset_part"] == 1 and counts["structure"] == 1 and counts["md"] == 1 and counts["dataset"] == 1
-    assert "output: results/dataset/crystal=Si/" in res.stdout and "output: results/dataset/crystal=Cu" not in res.stdout
+    assert counts["dataset_part"] == 1 and counts["relax"] == 1 and counts["md"] == 1 and counts["dataset"] == 1
+    assert "output: results/dataset/part-s000001.parquet" in res.stdout
+    assert "output: results/dataset/part-s000000.parquet" not in res.stdout
     # the workflow's own parameter files are back to the tiny config's for the other tests
     subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
                     str(work / "config.yaml"), "-n", "--cores", "1"], capture_output=True, check=True)
@@ -296,20 +314,20 @@ def test_adding_a_crystal_reruns_only_its_jobs(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_tiny_run_logs_and_benchmarks(tiny_run):
     work, _ = tiny_run
-    # one MD job per crystal (md.runs_per_job auto) for its two runs; each log line of a run names it
-    assert len(list((work / "logs" / "md").rglob("*.log"))) == 3
-    (md_log,) = list((work / "logs" / "md" / "Cu").rglob("*.log"))
-    text = md_log.read_text()
+    # one MD job per shard (md.runs_per_job auto: Cu's and Mg's four runs in one batch); each log line of a
+    # run names it
+    assert sorted(p.name for p in (work / "logs" / "md").glob("*.log")) == ["s000000.log", "s000001.log"]
+    text = (work / "logs" / "md" / "s000000.log").read_text()
     for run in ("results/md/Cu/nvt_langevin/300K/r0", "results/md/Cu/npt_berendsen/300K/r0"):
         assert re.search(rf"\[{run}\] \S+ 300 K: 20 steps of 32 atoms", text), text[-3000:]
         # progress lines (md.progress_interval = 50 > 20 steps: the last step only) with T, P, V, speed, ETA
         assert re.search(rf"\[{run}\] step 20/20  T [0-9.]+ K  P -?[0-9.]+ GPa  V [0-9.]+ A\^3  [0-9.]+ steps/s  ETA 0 s",
                          text), text[-3000:]
-    # batched: most evaluations held both runs (the NPT run's 2 bulk-modulus and 10 pre-equilibration
-    # calls come while the NVT run goes on)
-    assert re.search(r"2 runs, \d+ batched evaluations, mean batch 1\.[5-9]", text), text[-3000:]
-    assert len(list((work / "results" / "benchmarks" / "md").rglob("*.tsv"))) == 3
-    assert len(list((work / "results" / "benchmarks" / "xrd").rglob("*.tsv"))) == 3 * 2
+    # batched: most evaluations held all four runs (the NPT runs' extra bulk-modulus, compliance and
+    # pre-equilibration calls come while the NVT runs go on)
+    assert re.search(r"4 runs, \d+ batched evaluations, mean batch [23]\.\d", text), text[-3000:]
+    assert len(list((work / "results" / "benchmarks" / "md").rglob("*.tsv"))) == 2
+    assert len(list((work / "results" / "benchmarks" / "post").rglob("*.tsv"))) == 2
 
 
 @pytest.mark.slow
@@ -404,3 +422,33 @@ def test_two_potentials_give_two_labelled_sets_of_rows(tmp_path):
     assert {"chgnet value", "sevennet-0 value", "reference"} <= set(table.columns)
     a0 = table[table.quantity.str.startswith("a relaxed")].iloc[0]
     assert a0["chgnet value"] == pytest.approx(relaxed["chgnet"]) and a0["reference"] == pytest.approx(3.615, abs=0.01)
+
+
+@pytest.mark.slow
+def test_appending_crystals_runs_md_only_for_them(tiny_run, tmp_path):
+    """Ten crystals appended to a finished sheet: the last shard (MgCO3's) gains one and five shards are new. Only
+    the new crystals' runs do MD (MgCO3's are reused inside its shard's rerun job), the first shard's jobs do not
+    run again, and the dataset holds every crystal."""
+    import shutil
+
+    work, _ = tiny_run
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy, symlinks=True)  # copy2 keeps the modification times Snakemake compares
+    first_md = (copy / "results" / "shards" / "s000000" / "md.json").stat().st_mtime_ns
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cu = next(c for c in cfg["crystals"] if c["name"] == "Cu")
+    cfg["crystals"] += [{**cu, "name": f"Cu{i}", "supercell": [1, 1, 1]} for i in range(10)]  # 4 atoms each
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(copy), "--configfile",
+                          str(copy / "config.yaml"), "--cores", "2"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-5000:]
+    manifests = {p.parent.name: json.loads(p.read_text()) for p in (copy / "results" / "shards").glob("*/md.json")}
+    assert sorted(manifests) == [f"s{i:06d}" for i in range(7)]
+    made = {(e["unit"], e["ensemble"]) for shard, m in manifests.items() if shard != "s000000"
+            for e in m["entries"] if not e["reused"]}
+    assert made == {(f"Cu{i}", e) for i in range(10) for e in ("nvt_langevin", "npt_berendsen")}
+    assert [(e["unit"], e["reused"]) for e in manifests["s000001"]["entries"]] == [
+        ("MgCO3", True), ("MgCO3", True), ("Cu0", False), ("Cu0", False)]
+    assert (copy / "results" / "shards" / "s000000" / "md.json").stat().st_mtime_ns == first_md  # not rerun
+    df, _, _ = read_dataset(copy / "results" / "dataset")
+    assert set(df.crystal) == set(TINY_CRYSTALS) | {f"Cu{i}" for i in range(10)}

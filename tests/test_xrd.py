@@ -4,7 +4,6 @@ supercells and thermal motion, broadening, the workflow stage and the CLI."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 from pathlib import Path
 
@@ -477,23 +476,14 @@ def test_run_stage(tmp_path: Path) -> None:
     np.testing.assert_allclose(df[df["snapshot"] == 1]["intensity"].to_numpy(), r1.intensity, rtol=1e-12)
 
 
-def test_cli_xrd_stage(tmp_path: Path) -> None:
+def test_cli_stage_commands_refuse_bad_parameter_files(tmp_path: Path) -> None:
     from mdxrd.cli import main
 
-    write_trajectory(tmp_path / "snaps.traj")
-    refl_path, pat_path = tmp_path / "r.parquet", tmp_path / "p.npz"
-    rc = main(
-        [
-            "xrd-stage",
-            "--snapshots", str(tmp_path / "snaps.traj"),
-            "--reflections", str(refl_path),
-            "--patterns", str(pat_path),
-            "--params", json.dumps(PARAMS),
-        ]
-    )  # fmt: skip
-    assert rc == 0
-    check_stage_outputs(refl_path, pat_path, 3)
-    assert main(["xrd-stage", "--snapshots", "x", "--reflections", "y", "--patterns", "z", "--params", "{"]) == 2
+    templates = ["--md-dir", "m", "--structure-dir", "s", "--snapshots-dir", "n", "--xrd-dir", "x"]
+    assert main(["post", "--params", "{", *templates, "--manifest", str(tmp_path / "m.json")]) == 2
+    assert main(["md", "--params", str(tmp_path / "none.json"), "--supercell", "s", "--run-dir", "r",
+                 "--manifest", str(tmp_path / "m.json")]) == 2
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_cli_xrd_on_cif(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,8 @@ def check_path(path: str | Path) -> str:
     mdxrd.config.ConfigError, mdxrd.structure.StructureError
         What is wrong, naming file and field.
     """
-    from mdxrd.config import load_config, runs
+    from mdxrd.config import load_config
+    from mdxrd.grid import runs
     from mdxrd.structure import read_checked_structure
 
     path = Path(path)

@@ -15,14 +15,12 @@ import sys
 #: Modules that register subcommands, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES = (
     "mdxrd.check",
-    "mdxrd.structure",
-    "mdxrd.reference",
+    "mdxrd.relax",
     "mdxrd.md",
-    "mdxrd.snapshots",
-    "mdxrd.xrd",
+    "mdxrd.post",
     "mdxrd.qc",
-    "mdxrd.plots",
     "mdxrd.dataset",
+    "mdxrd.xrd",
 )
 
 
@@ -52,11 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mdxrd`` console script; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from mdxrd.shard import ShardError
+
     try:
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"mdxrd {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ShardError as err:  # some units or runs failed, the others are written: the message names them
+        print(f"mdxrd {args.command}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

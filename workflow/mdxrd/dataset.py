@@ -1,15 +1,15 @@
 """Dataset stage: every pattern of the grid, with labels and provenance, as a partitioned Parquet dataset.
 
-Layout (hive-style, one part per crystal, so adding crystals writes only their parts)::
+Layout (one part per shard, so adding crystals writes only the parts of their shards)::
 
-    results/dataset/crystal={name}/part-0.parquet   # rule dataset_part, one job per crystal
-    results/dataset/_common_metadata                # rule dataset: the shared schema and metadata
+    results/dataset/part-<shard>.parquet    # rule dataset_part, one job per shard
+    results/dataset/_common_metadata        # rule dataset: the shared schema and metadata
 
-``pd.read_parquet("results/dataset")``, ``pyarrow.dataset.dataset("results/dataset")``,
-polars, duckdb and Hugging Face ``datasets`` read the directory as one table (the
-``crystal`` column is stored in the parts too, dictionary-encoded like the hive key,
-so readers that ignore hive keys still see it); :func:`read_dataset` adds the 2theta
-grid and the metadata.
+A flat directory of Parquet files: ``pd.read_parquet("results/dataset")``,
+``pyarrow.dataset.dataset("results/dataset", partitioning="hive")``, polars, duckdb and
+Hugging Face ``datasets`` (``results/dataset/*.parquet``) read it as one table, with
+``crystal`` a column like any other; :func:`read_dataset` adds the 2theta grid and the
+metadata.
 
 One row per pattern and instrument condition: ``kind = "snapshot"`` (one MD snapshot's
 broadened pattern), ``kind = "average"`` (the run's ensemble average) or ``kind =
@@ -25,8 +25,8 @@ Columns (units in the names or here):
 ===================== ======== ===================================================
 kind                  string   "snapshot", "average" or "static"
 static_cell           string   static rows: "relaxed" (CHGNet 0 K cell) or "cif" (the input cell); else null
-crystal               dictionary<int32, string>  crystal name from the config (also the hive key)
-split                 string   "train", "validation" or "test", per crystal (mdxrd.config.split_of)
+crystal               string   crystal name from the config
+split                 string   "train", "validation" or "test", per crystal (mdxrd.grid.split_of)
 cif_sha256            string   SHA-256 of the crystal's structure file
 potential             string   the interatomic potential of the row (config potentials, mdxrd.potentials)
 potential_version     string   its package's version (chgnet, sevenn, ...)
@@ -125,7 +125,7 @@ def schema() -> Any:
     import pyarrow as pa
 
     return pa.schema([
-        ("kind", pa.string()), ("crystal", pa.dictionary(pa.int32(), pa.string())), ("split", pa.string()),
+        ("kind", pa.string()), ("crystal", pa.string()), ("split", pa.string()),
         ("potential", pa.string()), ("potential_version", pa.string()), ("potential_model_sha256", pa.string()),
         ("cif_sha256", pa.string()), ("formula", pa.string()), ("space_group", pa.string()),
         ("space_group_number", pa.int32()), ("ensemble", pa.string()), ("temperature_K", pa.float64()),
@@ -216,34 +216,26 @@ RUN_FIGURES = ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa", "
                "tau_int_E_pot_fs", "tau_int_u_fs", "tau_int_msd_fs", "n_independent_snapshots")
 
 
-def _static_rows(section: dict[str, Any], name: str, info: dict[str, Any], results: str | Path, grid: np.ndarray
+def _static_rows(section: dict[str, Any], reference_dir: Path, info: dict[str, Any], grid: np.ndarray
                  ) -> list[dict[str, Any]]:
-    """Two ``static`` rows per condition of unit ``name`` (``info``: its structure.json): the 0 K patterns of
-    the relaxed and CIF cells."""
-    from pymatgen.core import Structure
-
-    from mdxrd.config import LAYOUT
-    from mdxrd.structure import read_checked_structure
-
-    static = np.load(Path(results) / LAYOUT["static"].format(crystal=name))
+    """Two ``static`` rows per condition of a unit (``info``: its structure.json): the 0 K patterns of its
+    relaxed and input cells, from the relax stage's static.npz and the lattices of its reference.json."""
+    static = np.load(reference_dir / "static.npz")
     if not np.array_equal(static["two_theta"], grid):
-        raise ValueError(f"{LAYOUT['static'].format(crystal=name)}: 2theta grid differs from the runs'")
-    cells = {"relaxed": Structure.from_file(str(Path(results) / LAYOUT["relaxed_cif"].format(crystal=name))),
-             "cif": read_checked_structure(section["crystal"]["cif"])}
+        raise ValueError(f"{reference_dir / 'static.npz'}: 2theta grid differs from the runs'")
+    reference = read_json(reference_dir / "reference.json")
     names = [str(n) for n in static["instrument"]]
     rows = []
-    for cell, structure in cells.items():
-        lat = structure.lattice
+    for cell, lattice in (("relaxed", reference["relaxed_lattice"]), ("cif", reference["cif_lattice"])):
         base = {
             "kind": "static", "formula": info["formula"], "space_group": info["space_group"],
             "space_group_number": info["space_group_number"], "static_cell": cell,
             "temperature_K": 0.0 if cell == "relaxed" else None,
-            "a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta, "gamma": lat.gamma,
-            "volume_A3": lat.volume,
+            **{k: lattice[k] for k in ("a", "b", "c", "alpha", "beta", "gamma", "volume_A3")},
             "energy_per_atom_eV": info["E0_eV_per_atom"] if cell == "relaxed" else None,
             "supercell": list(info["supercell"]),
         }
-        for c, inst in enumerate(_conditions(section, names, LAYOUT["static"].format(crystal=name))):
+        for c, inst in enumerate(_conditions(section, names, reference_dir / "static.npz")):
             rows.append({**base, **inst, "intensity": static[f"intensity_{cell}"][c].astype(np.float32),
                          "intensity_bragg": static[f"intensity_bragg_{cell}"][c].astype(np.float32)})
     return rows
@@ -261,15 +253,16 @@ def _conditions(section: dict[str, Any], names: list[str], path: str | Path) -> 
 def _run_rows(section: dict[str, Any], key: dict[str, Any], summary: dict[str, Any], grid: np.ndarray
               ) -> list[dict[str, Any]]:
     """The ``snapshot`` rows and the ``average`` row of one run for each instrument condition (``key``: a run
-    of the dataset section, ``summary``: its snapshots summary)."""
+    of the dataset section with its ``md``, ``snapshots`` and ``xrd`` directories, ``summary``: its
+    snapshots summary)."""
     from ase.io import read
 
-    run = read_json(key["run_info"])
-    frames = read(str(key["snapshots"]), index=":")
-    patterns = np.load(key["patterns"])
-    average = np.load(key["average"])
+    run = read_json(key["md"] / "run.json")
+    frames = read(str(key["snapshots"] / "snapshots.traj"), index=":")
+    patterns = np.load(key["xrd"] / "patterns.npz")
+    average = np.load(key["xrd"] / "average.npz")
     if not (np.array_equal(grid, patterns["two_theta"]) and np.array_equal(grid, average["two_theta"])):
-        raise ValueError(f"{key['patterns']}: 2theta grid differs from the crystal's other patterns")
+        raise ValueError(f"{key['xrd'] / 'patterns.npz'}: 2theta grid differs from the crystal's other patterns")
     supercell = list(key["supercell"])
     common = {
         "ensemble": key["ensemble"], "temperature_K": float(key["temperature_K"]),
@@ -286,7 +279,7 @@ def _run_rows(section: dict[str, Any], key: dict[str, Any], summary: dict[str, A
     mean = {k: float(np.mean([lab[k] for lab in labels])) for k in labels[0]}
     rows = []
     names = [str(n) for n in patterns["instrument"]]
-    for c, inst in enumerate(_conditions(section, names, key["patterns"])):
+    for c, inst in enumerate(_conditions(section, names, key["xrd"] / "patterns.npz")):
         rows += [{"kind": "snapshot", **common, **inst, "snapshot": i, "step": int(frame.info["step"]),
                   "time_fs": float(frame.info["time_fs"]), **lab,
                   "intensity": patterns["intensity"][c, i].astype(np.float32),
@@ -298,18 +291,18 @@ def _run_rows(section: dict[str, Any], key: dict[str, Any], summary: dict[str, A
     return rows
 
 
-def write_part(section: dict[str, Any], results: str | Path, out: str | Path) -> int:
-    """Write one crystal's part of the dataset (atomically); return its row count.
+def write_part(section: dict[str, Any], templates: dict[str, str], out: str | Path) -> int:
+    """Write one shard's part of the dataset (atomically); return its row count.
 
     Parameters
     ----------
     section
-        The crystal's ``dataset`` parameters (:func:`mdxrd.config.crystal_params`): ``crystal``
-        (its config entry), ``split``, ``drop_melted``, ``instrument`` and ``units`` (one per
-        potential: name, resolved potential and runs: ensemble, temperature_K, replica,
-        supercell and the paths of each run's outputs).
-    results
-        Results root of the per-crystal outputs (structure, reference).
+        The shard's ``dataset`` parameters (:func:`mdxrd.params.shard_params`): ``drop_melted``,
+        ``instrument`` and ``crystals``, each with its config entry, ``split`` and ``units`` (one per
+        potential: name, resolved potential and runs: unit, ensemble, temperature_K, replica, supercell).
+    templates
+        Path templates of a unit's ``structure`` and ``reference`` directories (``{unit}``) and of a
+        run's ``md``, ``snapshots`` and ``xrd`` directories.
     out
         The part's Parquet file.
 
@@ -319,48 +312,56 @@ def write_part(section: dict[str, Any], results: str | Path, out: str | Path) ->
     Raises
     ------
     ValueError
-        A 2theta grid that differs between the crystal's patterns, or no run left
+        A 2theta grid that differs between a crystal's patterns, or a crystal with no run left
         (every run dropped as melted).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mdxrd.config import LAYOUT
+    from mdxrd.shard import fill
 
-    entry = section["crystal"]
-    name = entry["name"]
     section = {**section, "conditions": [instrument_columns(spec) for spec in section["instrument"]]}
     sch = schema()
-    kept: list[tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]] = []
-    for unit in section["units"]:
-        unit_runs = []
-        for key in unit["runs"]:
-            summary = read_json(key["snapshots_summary"])
-            if section["drop_melted"] and summary["melted"]:
-                log.warning("dropping %s: melted (Lindemann ratio %.3f)", Path(key["snapshots"]).parent,
-                            summary["lindemann_ratio"])
-                continue
-            unit_runs.append((key, summary))
-        if unit_runs:
-            kept.append((unit, unit_runs))
-    if not kept:
-        raise ValueError(f"crystal {name}: no run left for the dataset (all dropped as melted)")
-    grid = np.load(kept[0][1][0][0]["patterns"])["two_theta"]
+    parts = []
+    for crystal in section["crystals"]:
+        kept: list[tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]] = []
+        for unit in crystal["units"]:
+            unit_runs = []
+            for r in unit["runs"]:
+                fields = {"unit": unit["name"], "ensemble": r["ensemble"],
+                          "temperature": f"{float(r['temperature_K']):g}", "replica": r["replica"]}
+                key = {**r, **{k: fill(templates[k], **fields) for k in ("md", "snapshots", "xrd")}}
+                summary = read_json(key["snapshots"] / "summary.json")
+                if section["drop_melted"] and summary["melted"]:
+                    log.warning("dropping %s: melted (Lindemann ratio %.3f)", key["snapshots"],
+                                summary["lindemann_ratio"])
+                    continue
+                unit_runs.append((key, summary))
+            if unit_runs:
+                kept.append((unit, unit_runs))
+        if not kept:
+            raise ValueError(f"crystal {crystal['crystal']['name']}: no run left for the dataset (all dropped as "
+                             "melted)")
+        parts.append((crystal, kept))
+    grid = np.load(parts[0][1][0][1][0][0]["xrd"] / "patterns.npz")["two_theta"]
     meta = {"mdxrd.versions": json.dumps(versions(), sort_keys=True), "mdxrd.two_theta_deg": json.dumps(grid.tolist())}
     n_rows = 0
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(str(tmp), sch.with_metadata(meta), compression="zstd") as writer:
-            for unit, unit_runs in kept:
-                info = read_json(Path(results) / LAYOUT["structure_info"].format(crystal=unit["name"]))
-                pot = unit["potential"]
-                unit_cols = {"crystal": name, "split": section["split"], "cif_sha256": entry["cif_sha256"],
-                             "formula": info["formula"], "space_group": info["space_group"],
-                             "space_group_number": info["space_group_number"], "potential": pot["name"],
-                             "potential_version": pot["version"], "potential_model_sha256": pot["model_sha256"]}
-                for rows in (_static_rows(section, unit["name"], info, results, grid),
-                             *(_run_rows(section, k, summary, grid) for k, summary in unit_runs)):
-                    writer.write_table(pa.Table.from_pylist([{**unit_cols, **r} for r in rows], schema=sch))
-                    n_rows += len(rows)
+            for crystal, kept in parts:
+                entry = crystal["crystal"]
+                for unit, unit_runs in kept:
+                    info = read_json(fill(templates["structure"], unit=unit["name"]) / "structure.json")
+                    pot = unit["potential"]
+                    unit_cols = {"crystal": entry["name"], "split": crystal["split"], "cif_sha256": entry["cif_sha256"],
+                                 "formula": info["formula"], "space_group": info["space_group"],
+                                 "space_group_number": info["space_group_number"], "potential": pot["name"],
+                                 "potential_version": pot["version"], "potential_model_sha256": pot["model_sha256"]}
+                    reference_dir = fill(templates["reference"], unit=unit["name"])
+                    for rows in (_static_rows(section, reference_dir, info, grid),
+                                 *(_run_rows(section, k, summary, grid) for k, summary in unit_runs)):
+                        writer.write_table(pa.Table.from_pylist([{**unit_cols, **r} for r in rows], schema=sch))
+                        n_rows += len(rows)
     return n_rows
 
 
@@ -368,7 +369,7 @@ def common_metadata(config: dict[str, Any]) -> dict[str, str]:
     """The dataset's shared key-value metadata (see the module docstring) of a resolved config."""
     import yaml
 
-    from mdxrd.config import config_hash
+    from mdxrd.params import config_hash
     from mdxrd.xrd import two_theta_grid
 
     x = config["xrd"]
@@ -382,35 +383,38 @@ def common_metadata(config: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def write_common_metadata(config: dict[str, Any], dataset_dir: str | Path, out: str | Path) -> int:
-    """Check every crystal's part against the shared schema and grid; write ``_common_metadata``.
+def write_common_metadata(config: dict[str, Any], parts: list[str | Path], out: str | Path) -> int:
+    """Check every shard's part against the shared schema and grid; write ``_common_metadata`` beside them.
 
     Reads only each part's footer (schema and key-value metadata), so its memory and
-    time grow with the number of parts, not with the patterns in them. Parts of
-    crystals no longer in the configuration (removed from the sheet) are deleted, with a
-    warning, so that reading the directory gives exactly the configured crystals.
-    Returns the number of rows over all parts.
+    time grow with the number of parts, not with the patterns in them. Other Parquet files
+    of the directory (parts of shards the configuration no longer has, or the per-crystal
+    ``crystal=<name>/`` parts of mdxrd before shards) are deleted with a warning, so that
+    reading the directory gives exactly the configured crystals. Returns the number of rows
+    over all parts.
 
     Raises
     ------
     ValueError
         A part missing, with another schema, or on another 2theta grid.
     """
-    import pyarrow.parquet as pq
-
-    from mdxrd.config import LAYOUT
-
     import shutil
+
+    import pyarrow.parquet as pq
 
     sch = schema()
     meta = common_metadata(config)
-    names = {entry["name"] for entry in config["crystals"]}
-    for stale in sorted(p for p in Path(dataset_dir).glob("crystal=*") if p.name.partition("=")[2] not in names):
-        log.warning("removing %s: crystal %s is not in the configuration", stale, stale.name.partition("=")[2])
+    dataset_dir = Path(out).parent
+    keep = {Path(p).resolve() for p in parts}
+    for stale in sorted(dataset_dir.glob("*.parquet")):
+        if stale.resolve() not in keep:
+            log.warning("removing %s: not a part of the configured shards", stale)
+            stale.unlink()
+    for stale in sorted(dataset_dir.glob("crystal=*")):
+        log.warning("removing %s: a per-crystal part of mdxrd before shards (the rows are in the shard parts)", stale)
         shutil.rmtree(stale)
     n_rows = 0
-    for entry in config["crystals"]:
-        path = Path(dataset_dir) / Path(LAYOUT["dataset_part"].format(crystal=entry["name"])).relative_to("dataset")
+    for path in parts:
         md = pq.read_metadata(path)
         part_schema = md.schema.to_arrow_schema()
         if not part_schema.remove_metadata().equals(sch):
@@ -424,21 +428,24 @@ def write_common_metadata(config: dict[str, Any], dataset_dir: str | Path, out: 
 
 
 def write_dataset(config: dict[str, Any], results: str | Path, dataset_dir: str | Path) -> int:
-    """Write the whole dataset (every crystal's part, then ``_common_metadata``) in this process.
+    """Write the whole dataset (every shard's part, then ``_common_metadata``) in this process.
 
-    What the workflow's dataset_part and dataset jobs do, for use without Snakemake
-    (e.g. a second dataset with other ``dataset`` options from the same results).
-    Returns the total row count.
+    What the workflow's dataset_part and dataset jobs do, from the outputs under ``results``
+    (:mod:`mdxrd.layout`), for use without Snakemake (e.g. a second dataset with other
+    ``dataset`` options from the same results). Returns the total row count.
     """
-    from mdxrd.config import LAYOUT, crystal_params
+    from mdxrd.grid import shards
+    from mdxrd.layout import template
+    from mdxrd.params import shard_params
 
     dataset_dir = Path(dataset_dir)
-    for entry in config["crystals"]:
-        section = crystal_params(config, entry["name"], results)[LAYOUT["params"].format(crystal=entry["name"],
-                                                                                          stage="dataset")]
-        write_part(section, results, dataset_dir / Path(LAYOUT["dataset_part"].format(crystal=entry["name"])
-                                                        ).relative_to("dataset"))
-    return write_common_metadata(config, dataset_dir, dataset_dir / "_common_metadata")
+    templates = {k: template(k, results) for k in ("structure", "reference", "md", "snapshots", "xrd")}
+    parts = []
+    for shard in shards(config):
+        part = dataset_dir / f"part-{shard}.parquet"
+        write_part(shard_params(config, shard)["dataset"], templates, part)
+        parts.append(part)
+    return write_common_metadata(config, parts, dataset_dir / "_common_metadata")
 
 
 def _dataset_dir(path: str | Path) -> Path:
@@ -458,8 +465,6 @@ def content_hash(path: str | Path) -> str:
     import pyarrow.parquet as pq
 
     table = pq.read_table(_dataset_dir(path)).replace_schema_metadata(None)
-    table = table.set_column(table.schema.get_field_index("crystal"), "crystal",
-                             table["crystal"].cast(pa.string()))
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table.combine_chunks())
@@ -490,23 +495,26 @@ def read_dataset(path: str | Path, **read_options: Any) -> tuple[Any, np.ndarray
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``mdxrd dataset-part`` and ``mdxrd dataset`` (the workflow's dataset stage)."""
-    p = subparsers.add_parser("dataset-part", help="dataset stage: one crystal's patterns with labels as Parquet")
-    p.add_argument("--params", required=True,
-                   help="the crystal's dataset parameters: JSON or a file (results/params/{crystal}/dataset.json)")
-    p.add_argument("--results", default="results", help="results root of the stage outputs")
+    p = subparsers.add_parser("dataset-part", help="dataset stage: one shard's patterns with labels as Parquet")
+    p.add_argument("--params", required=True, help="the shard's dataset parameter file")
+    for kind, example in (("structure", "results/structure/{unit}"), ("reference", "results/reference/{unit}"),
+                          ("md", "results/md/{unit}/{ensemble}/{temperature}K/r{replica}"),
+                          ("snapshots", "results/snapshots/{unit}/..."), ("xrd", "results/xrd/{unit}/...")):
+        p.add_argument(f"--{kind}-dir", required=True, help=f"path template, e.g. {example}")
     p.add_argument("-o", "--output", required=True, help="output Parquet file (the part)")
     p.set_defaults(func=_main_part)
     p = subparsers.add_parser("dataset", help="dataset stage: check the parts, write the shared _common_metadata")
     p.add_argument("--config", required=True, help="the resolved configuration (JSON file, results/params/config.json)")
-    p.add_argument("--dataset-dir", required=True, help="directory of the parts (results/dataset)")
-    p.add_argument("-o", "--output", required=True, help="output _common_metadata file")
+    p.add_argument("--part", required=True, action="append", help="a shard's part (repeat)")
+    p.add_argument("-o", "--output", required=True, help="output _common_metadata file, beside the parts")
     p.set_defaults(func=_main)
 
 
 def _main_part(args: argparse.Namespace) -> int:
     from mdxrd.io import load_params
 
-    n = write_part(load_params(args.params), args.results, args.output)
+    templates = {k: getattr(args, f"{k}_dir") for k in ("structure", "reference", "md", "snapshots", "xrd")}
+    n = write_part(load_params(args.params), templates, args.output)
     log.info("wrote %d rows to %s", n, args.output)
     return 0
 
@@ -514,6 +522,6 @@ def _main_part(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace) -> int:
     from mdxrd.io import load_params
 
-    n = write_common_metadata(load_params(args.config), args.dataset_dir, args.output)
-    log.info("dataset %s: %d rows in its parts; wrote %s", args.dataset_dir, n, args.output)
+    n = write_common_metadata(load_params(args.config), args.part, args.output)
+    log.info("dataset: %d rows in %d parts; wrote %s", n, len(args.part), args.output)
     return 0

@@ -97,7 +97,7 @@ from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, load_params, write_json
+from mdxrd.io import atomic_path, load_params, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ def _min_distance(atoms: Any) -> float:
 
 
 def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None = None,
-           keep_checkpoint: bool = False) -> dict[str, Any]:
+           stamp: str | None = None) -> dict[str, Any]:
     """Run one MD simulation of ``atoms`` and write its outputs into ``out_dir``.
 
     Parameters
@@ -394,10 +394,9 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         (each written to a temporary name and renamed when complete).
     calc
         ASE calculator to use instead of ``make_potential(params.potential, ...)``.
-    keep_checkpoint
-        Write a checkpoint of the finished run (step ``n_steps``) and keep it after the outputs:
-        a rerun then writes the outputs again from it without any MD (:func:`run_md_batch`
-        keeps a finished run this way when a batch-mate failed).
+    stamp
+        Recorded in run.json (:func:`mdxrd.shard.stamp` of the parameters and the start
+        structure): a shard job reuses a run whose record carries the stamp it would write.
 
     Returns
     -------
@@ -560,8 +559,6 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         checkpoint.unlink(missing_ok=True)  # a run that blew up is not resumed
         raise
     wall = time.perf_counter() - t0
-    if keep_checkpoint and start < params.n_steps:
-        write_checkpoint(params.n_steps)
     log.info("%s %g K: %d steps of %d atoms in %.1f s (%.3f s/step)", params.ensemble.value,
              params.temperature_K, params.n_steps - start, n, wall, wall / max(1, params.n_steps - start))
 
@@ -591,10 +588,10 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         "runs_in_batch": getattr(atoms.calc, "batch_size", 1),
         "potential": params.potential["name"] if params.potential else DEFAULT_POTENTIAL,
         "equilibration": equilibration,
+        "stamp": stamp,
     }
     write_json(out_dir / "run.json", record)
-    if not keep_checkpoint:
-        checkpoint.unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
     return record
 
 
@@ -751,16 +748,15 @@ class _RunTag(logging.Filter):
         return True
 
 
-def run_md_batch(runs: list[tuple[Any, MDParams, str | Path]],
-                 calc: Any | None = None) -> list[dict[str, Any] | BaseException]:
+def run_md_batch(runs: list[tuple[Any, MDParams, str | Path]], calc: Any | None = None,
+                 stamps: list[str | None] | None = None) -> list[dict[str, Any] | BaseException]:
     """Run K MD simulations in lockstep, one potential evaluation per step for all of them.
 
     Each run is :func:`run_md` in its own thread with a :class:`LockstepBatcher` calculator, so
     its trajectory, outputs, checkpoints and errors are those of the run alone; only the
     potential evaluations are batched. Runs may mix ensembles, temperatures, replicas and
     crystals. A run that blows up (:class:`MDError`) or fails otherwise leaves the batch and the
-    others go on. When some run failed, every finished run keeps a checkpoint at its last step,
-    so a rerun of the batch writes its outputs again without MD.
+    others go on; their outputs are written (a shard job's rerun reuses them by their stamps).
 
     Parameters
     ----------
@@ -769,6 +765,8 @@ def run_md_batch(runs: list[tuple[Any, MDParams, str | Path]],
     calc
         The potential shared by all runs; None: ``make_potential`` of the first run's
         potential, device and calculator (all runs share them and ``threads``).
+    stamps
+        Per run, the stamp its run.json records (:func:`run_md`); None: none.
 
     Returns
     -------
@@ -795,7 +793,8 @@ def run_md_batch(runs: list[tuple[Any, MDParams, str | Path]],
     def one(i: int) -> None:
         atoms, params, out_dir = runs[i]
         try:
-            outcomes[i] = run_md(atoms, params, out_dir, calc=batcher.calculator(i), keep_checkpoint=True)
+            outcomes[i] = run_md(atoms, params, out_dir, calc=batcher.calculator(i),
+                                 stamp=stamps[i] if stamps else None)
         except BaseException as err:  # noqa: BLE001 - reported per run by the caller
             outcomes[i] = err
             log.error("run %d (%s) failed: %s", i, out_dir, err)
@@ -814,12 +813,6 @@ def run_md_batch(runs: list[tuple[Any, MDParams, str | Path]],
     finally:
         log.removeFilter(tag)
         evaluator.shutdown()
-    failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
-    for i, (_, _, out_dir) in enumerate(runs):
-        if not failed:
-            (Path(out_dir) / "checkpoint.pkl").unlink(missing_ok=True)
-        elif i not in failed:
-            log.info("run %d (%s) finished; its checkpoint is kept so a rerun writes it without MD", i, out_dir)
     log.info("%d runs, %d batched evaluations, mean batch %.1f structures", len(runs), len(batcher.batch_sizes),
              sum(batcher.batch_sizes) / max(1, len(batcher.batch_sizes)))
     return outcomes
@@ -833,41 +826,122 @@ def _single_point(atoms: Any) -> Any:
                                  stress=atoms.get_stress())
 
 
+#: The files of a run directory (the rule's ``--run-dir`` template, filled per run).
+FILES = ("thermo.csv", "trajectory.traj", "velocities.npy", "positions.npz", "run.json")
+
+
+def _legacy_run(out_dir: Path, params: MDParams) -> bool:
+    """A finished run of mdxrd before shards (run.json without a stamp) with exactly these parameters and every
+    file of :data:`FILES`: reused, with a log line (its start structure is the relax stage's, which is
+    deterministic)."""
+    try:
+        record = read_json(out_dir / "run.json")
+    except (OSError, ValueError):
+        return False
+    if record.get("stamp") is not None or not all((out_dir / f).is_file() for f in FILES):
+        return False
+    if record.get("params") != {**asdict(params), "ensemble": params.ensemble.value}:
+        return False
+    log.info("reusing %s: a run of mdxrd before shards with the same parameters", out_dir)
+    return True
+
+
+def run_shard(params: dict[str, Any], supercell_template: str, run_template: str, manifest: str | Path) -> int:
+    """The MD job of a shard: every run of its batches, reusing finished runs; write the manifest last.
+
+    Parameters
+    ----------
+    params
+        The shard's ``md`` parameter file (:func:`mdxrd.params.shard_params`): ``batches``, each a
+        list of runs (unit, ensemble, temperature_K, replica, params = :class:`MDParams` fields).
+    supercell_template
+        Path template of a unit's start structure (``{unit}``; the relax stage's supercell.traj).
+    run_template
+        Path template of a run's directory (``{unit}``, ``{ensemble}``, ``{temperature}``,
+        ``{replica}``), into which :data:`FILES` go.
+    manifest
+        The shard's manifest (:func:`mdxrd.shard.write_manifest`), written when every run succeeded.
+
+    A run is reused when its run.json carries the stamp of its parameters and start structure
+    and all its files exist (a shard whose membership changed, or the rerun of a job in which a
+    run failed, runs MD only for the others). The rest run batch by batch, each batch in lockstep
+    (:func:`run_md_batch`; alone: :func:`run_md`).
+
+    Returns
+    -------
+    int
+        The number of runs made (not reused).
+
+    Raises
+    ------
+    mdxrd.shard.ShardError
+        Some runs failed (each named with its error); the others' outputs are written.
+    """
+    from ase.io import read
+
+    from mdxrd.shard import fail_if, file_sha256, fill, is_current, stamp, write_manifest
+
+    started = time.perf_counter()
+    entries, failures, made = [], [], 0
+    structures: dict[str, tuple[Any, str]] = {}
+    total = sum(len(b) for b in params["batches"])
+    for batch in params["batches"]:
+        todo = []
+        for run in batch:
+            fields = {"unit": run["unit"], "ensemble": run["ensemble"],
+                      "temperature": f"{float(run['temperature_K']):g}", "replica": run["replica"]}
+            out_dir = fill(run_template, **fields)
+            if run["unit"] not in structures:
+                path = fill(supercell_template, unit=run["unit"])
+                structures[run["unit"]] = (read(str(path)), file_sha256(path))
+            atoms, sha = structures[run["unit"]]
+            run_stamp = stamp(run["params"], sha)
+            entry = {**fields, "dir": str(out_dir)}
+            if is_current(out_dir / "run.json", run_stamp, (out_dir / f for f in FILES)) or \
+                    _legacy_run(out_dir, MDParams(**run["params"])):
+                entries.append({**entry, "reused": True})
+                continue
+            todo.append((atoms, MDParams(**run["params"]), out_dir, run_stamp, entry))
+        if not todo:
+            continue
+        if len(todo) == 1:
+            atoms, p, out_dir, run_stamp, entry = todo[0]
+            try:
+                outcomes: list[Any] = [run_md(atoms, p, out_dir, stamp=run_stamp)]
+            except Exception as err:  # noqa: BLE001 - reported with the shard's failures
+                outcomes = [err]
+        else:
+            outcomes = run_md_batch([(a, p, d) for a, p, d, _, _ in todo], stamps=[t[3] for t in todo])
+        for (_, _, out_dir, _, entry), outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failures.append(f"{out_dir}: {outcome}")
+            else:
+                entries.append({**entry, "reused": False})
+                made += 1
+    fail_if(failures, "MD runs", total)
+    write_manifest(manifest, "md", entries, started)
+    log.info("md: %d runs made, %d reused", made, len(entries) - made)
+    return made
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mdxrd md`` (the workflow's MD stage)."""
-    p = subparsers.add_parser(
-        "md", help="MD stage: one or several CHGNet MD runs of a supercell (several: batched, in lockstep)")
-    p.add_argument("supercell", help="supercell (ASE-readable, e.g. the structure stage's .traj)")
-    p.add_argument("--out-dir", required=True, action="append",
-                   help="directory for thermo.csv, trajectory.traj, velocities.npy, run.json (once per run)")
-    p.add_argument("--params", required=True, action="append",
-                   help="JSON file of MDParams fields (once per run, in the order of --out-dir)")
+    """Register ``mdxrd md`` (the workflow's MD stage: the runs of one shard)."""
+    p = subparsers.add_parser("md", help="MD stage: every run of a shard, in lockstep batches")
+    p.add_argument("--params", required=True, help="the shard's md parameter file (results/params/<shard>/md.json)")
+    p.add_argument("--supercell", required=True,
+                   help="path template of a unit's start structure, e.g. results/structure/{unit}/supercell.traj")
+    p.add_argument("--run-dir", required=True,
+                   help="path template of a run's directory, e.g. results/md/{unit}/{ensemble}/{temperature}K/r{replica}")
+    p.add_argument("--manifest", required=True, help="the shard's manifest (JSON), written last")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ase.io import read
-
     from mdxrd.cli import UserError
 
-    if len(args.out_dir) != len(args.params):
-        raise UserError(f"{len(args.out_dir)} --out-dir for {len(args.params)} --params: give one of each per run")
-    runs = []
-    for out_dir, path in zip(args.out_dir, args.params):
-        try:
-            params = MDParams(**load_params(path))
-        except (TypeError, ValueError) as err:
-            raise UserError(f"--params {path}: {err}") from None
-        runs.append(params)
-    shared = {(p.potential and p.potential["name"], p.device, p.calculator, p.threads) for p in runs}
-    if len(shared) > 1:
-        raise UserError("the runs of one batch must share potential, device, calculator and threads")
-    atoms = read(args.supercell)
-    if len(runs) == 1:
-        run_md(atoms, runs[0], args.out_dir[0])
-        return 0
-    outcomes = run_md_batch([(atoms, p, d) for p, d in zip(runs, args.out_dir)])
-    failed = [f"{d}: {o}" for d, o in zip(args.out_dir, outcomes) if isinstance(o, BaseException)]
-    if failed:
-        raise MDError(f"{len(failed)} of {len(runs)} runs failed:\n" + "\n".join(failed))
+    try:
+        params = load_params(args.params)
+    except ValueError as err:
+        raise UserError(f"--params {args.params}: {err}") from None
+    run_shard(params, args.supercell, args.run_dir, args.manifest)
     return 0

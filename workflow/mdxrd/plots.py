@@ -13,14 +13,13 @@
 
 from __future__ import annotations
 
-import argparse
 import html
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, load_params, read_json
+from mdxrd.io import atomic_path, read_json
 
 #: Line colour per temperature rank and marker per ensemble.
 ENSEMBLE_STYLE = {"nvt_langevin": ("o", "NVT-Langevin"), "nvt_berendsen": ("s", "NVT-Berendsen"),
@@ -282,26 +281,6 @@ def run_stage(name: str, static: str | Path, qc: str | Path, table: str | Path, 
     qc_html(table, outputs["qc_html"])
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mdxrd plots`` (the workflow's plots stage)."""
-    p = subparsers.add_parser("plots", help="plots stage: the report figures of one crystal")
-    p.add_argument("--name", required=True)
-    p.add_argument("--static", required=True)
-    p.add_argument("--qc", required=True)
-    p.add_argument("--table", required=True)
-    p.add_argument("--runs", required=True,
-                   help="JSON list of {ensemble, temperature_K, average, thermo, snapshots_summary, run_info} (paths)")
-    p.add_argument("--md", required=True, help="JSON: n_equil, timestep_fs")
-    for out in OUTPUTS:
-        p.add_argument(f"--{out.replace('_', '-')}-out", required=True)
-    p.set_defaults(func=_main)
-
-
-#: Output files of the stage (``--patterns-out`` ...).
-OUTPUTS = ("patterns", "zoom", "thermal", "traces", "qc_html")
-
-
-def _main(args: argparse.Namespace) -> int:
-    run_stage(args.name, args.static, args.qc, args.table, load_params(args.runs), load_params(args.md),
-              {out: getattr(args, f"{out}_out") for out in OUTPUTS})
-    return 0
+#: The files of a unit's plots directory: the report's figures (PNG) and the QC table page.
+FILES = {"patterns": "patterns.png", "zoom": "zoom.png", "thermal": "thermal.png", "traces": "traces.png",
+         "qc_html": "qc.html"}

@@ -354,13 +354,23 @@ COMPARED = {"relaxed_vs_cif_a": ("a relaxed 0 K vs CIF", "A"), "lattice_constant
             "alpha_b_vs_experiment": ("alpha_b", "1/K"), "alpha_c_vs_experiment": ("alpha_c", "1/K"),
             "bulk_modulus_vs_experiment": ("B0 (0 K BM3)", "GPa")}
 
+#: The files of a unit's qc directory.
+FILES = ("qc.json", "qc.parquet")
 
-def compare_potentials(config: dict[str, Any], results: str | Path = "results") -> Any:
+
+def compare_potentials(config: dict[str, Any], qc_template: str) -> Any:
     """The potentials side by side against experiment, from every unit's QC table.
 
     One row per crystal and quantity (the checks of :data:`COMPARED` and every
     ``B_iso_<el>_vs_experiment``), one value column and one deviation column (%) per
     potential, and the reference (experiment, or the CIF for the relaxed a).
+
+    Parameters
+    ----------
+    config
+        The resolved configuration (its units: :func:`mdxrd.grid.units`).
+    qc_template
+        Path template (``{unit}``) of a unit's qc directory.
 
     Returns
     -------
@@ -368,11 +378,12 @@ def compare_potentials(config: dict[str, Any], results: str | Path = "results") 
     """
     import pandas as pd
 
-    from mdxrd.config import LAYOUT, units
+    from mdxrd.grid import units
+    from mdxrd.shard import fill
 
     frames = []
     for unit in units(config):
-        table = pd.read_parquet(Path(results) / LAYOUT["qc_table"].format(crystal=unit["name"]))
+        table = pd.read_parquet(fill(qc_template, unit=unit["name"]) / "qc.parquet")
         table = table[table["check"].isin(list(COMPARED)) | table["check"].str.match(r"B_iso_\w+_vs_experiment")]
         frames.append(table.assign(crystal=unit["crystal"], potential=unit["potential"]["name"]))
     rows = pd.concat(frames, ignore_index=True)
@@ -396,9 +407,9 @@ def compare_potentials(config: dict[str, Any], results: str | Path = "results") 
                             ignore_index=True)
 
 
-def write_comparison(config: dict[str, Any], results: str | Path, csv_out: str | Path, html_out: str | Path) -> Any:
+def write_comparison(config: dict[str, Any], qc_template: str, csv_out: str | Path, html_out: str | Path) -> Any:
     """Write :func:`compare_potentials` as CSV and as an HTML table (the report's "potentials" page)."""
-    table = compare_potentials(config, results)
+    table = compare_potentials(config, qc_template)
     with atomic_path(csv_out) as tmp:
         table.to_csv(tmp, index=False)
     html = table.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="")
@@ -407,32 +418,102 @@ def write_comparison(config: dict[str, Any], results: str | Path, csv_out: str |
     return table
 
 
+def run_shard(params: dict[str, Any], templates: dict[str, str], report_dir: str | Path, manifest: str | Path
+              ) -> int:
+    """QC and report figures of every unit of a shard; write the manifest last.
+
+    Parameters
+    ----------
+    params
+        The shard's ``qc`` parameter file (:func:`mdxrd.params.shard_params`): ``tolerances``, ``md``
+        (n_equil, timestep_fs) and ``units`` (name, crystal entry, runs).
+    templates
+        Path templates: ``structure``, ``reference``, ``qc``, ``plots`` (``{unit}``) and ``md``,
+        ``snapshots``, ``xrd`` (per run).
+    report_dir
+        The shard's report directory: each unit's figures are linked there as
+        ``<unit>/<figure>`` for ``snakemake --report`` (hard links; copies where links fail).
+    manifest
+        The shard's manifest, written when every unit succeeded.
+
+    Returns
+    -------
+    int
+        The number of units.
+
+    Raises
+    ------
+    mdxrd.shard.ShardError
+        Some units failed (named, with their errors); the others are written.
+    """
+    import os
+    import shutil
+    import time
+
+    from mdxrd import plots
+    from mdxrd.shard import fail_if, fill, run_all, write_manifest
+
+    started = time.perf_counter()
+
+    def work(unit: dict[str, Any]) -> dict[str, Any]:
+        name = unit["name"]
+        qdir, pdir = fill(templates["qc"], unit=name), fill(templates["plots"], unit=name)
+        rdir = fill(templates["reference"], unit=name)
+        runs = []
+        for r in unit["runs"]:
+            fields = {"unit": name, "ensemble": r["ensemble"], "temperature": f"{float(r['temperature_K']):g}",
+                      "replica": r["replica"]}
+            snap, md, xrd = (fill(templates[k], **fields) for k in ("snapshots", "md", "xrd"))
+            runs.append({**r, "snapshots_summary": str(snap / "summary.json"), "snapshots": str(snap / "snapshots.traj"),
+                         "thermo": str(md / "thermo.csv"), "run_info": str(md / "run.json"),
+                         "average": str(xrd / "average.npz")})
+        run_stage(rdir / "reference.json", runs, unit["crystal"], params["tolerances"], qdir / "qc.json",
+                  qdir / "qc.parquet", sites=fill(templates["structure"], unit=name) / "supercell.traj")
+        figures = {k: str(pdir / f) for k, f in plots.FILES.items()}
+        plots.run_stage(name, rdir / "static.npz", qdir / "qc.json", qdir / "qc.parquet", runs, params["md"], figures)
+        for path in figures.values():
+            link = Path(report_dir) / name / Path(path).name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, link)
+            except OSError:
+                shutil.copy2(path, link)
+        return {"unit": name, "qc_dir": str(qdir), "plots_dir": str(pdir)}
+
+    shutil.rmtree(report_dir, ignore_errors=True)
+    entries, failures = run_all(params["units"], work, lambda u: u["name"])
+    fail_if(failures, "units", len(params["units"]))
+    write_manifest(manifest, "qc", entries, started)
+    return len(entries)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mdxrd qc`` (the workflow's QC stage) and ``mdxrd qc-potentials``."""
+    """Register ``mdxrd qc`` (the workflow's QC stage: every unit of one shard) and ``mdxrd qc-potentials``."""
     c = subparsers.add_parser("qc-potentials", help="QC stage: every potential side by side against experiment")
     c.add_argument("--config", required=True, help="the resolved configuration (results/params/config.json)")
-    c.add_argument("--results", default="results")
+    c.add_argument("--qc-dir", required=True, help="path template of a unit's qc directory, e.g. results/qc/{unit}")
     c.add_argument("--csv-out", required=True)
     c.add_argument("--html-out", required=True)
     c.set_defaults(func=_compare_main)
-    p = subparsers.add_parser("qc", help="QC stage: thermal expansion, B(T), experiment, pass/warn table")
-    p.add_argument("--reference", required=True, help="the reference stage's reference.json")
-    p.add_argument("--runs", required=True,
-                   help="JSON list of {ensemble, temperature_K, replica, snapshots_summary, snapshots, supercell}")
-    p.add_argument("--crystal", required=True, help="JSON: the config's crystal entry")
-    p.add_argument("--tolerances", required=True, help="JSON: the config's qc section")
-    p.add_argument("--sites", help="the 0 K supercell (structure stage): B_iso against each NVT run's pattern")
-    p.add_argument("--qc-out", required=True)
-    p.add_argument("--table-out", required=True)
+    p = subparsers.add_parser("qc", help="QC stage: thermal expansion, B(T), experiment, pass/warn table, figures")
+    p.add_argument("--params", required=True, help="the shard's qc parameter file")
+    for kind, example in (("structure", "results/structure/{unit}"), ("reference", "results/reference/{unit}"),
+                          ("qc", "results/qc/{unit}"), ("plots", "results/plots/{unit}"),
+                          ("md", "results/md/{unit}/{ensemble}/{temperature}K/r{replica}"),
+                          ("snapshots", "results/snapshots/{unit}/..."), ("xrd", "results/xrd/{unit}/...")):
+        p.add_argument(f"--{kind}-dir", required=True, help=f"path template, e.g. {example}")
+    p.add_argument("--report-dir", required=True, help="the shard's directory of figures for snakemake --report")
+    p.add_argument("--manifest", required=True, help="the shard's manifest (JSON), written last")
     p.set_defaults(func=_main)
 
 
 def _compare_main(args: argparse.Namespace) -> int:
-    write_comparison(read_json(args.config), args.results, args.csv_out, args.html_out)
+    write_comparison(read_json(args.config), args.qc_dir, args.csv_out, args.html_out)
     return 0
 
 
 def _main(args: argparse.Namespace) -> int:
-    run_stage(args.reference, load_params(args.runs), load_params(args.crystal), load_params(args.tolerances),
-              args.qc_out, args.table_out, sites=args.sites)
+    templates = {k: getattr(args, f"{k}_dir") for k in ("structure", "reference", "qc", "plots", "md", "snapshots",
+                                                        "xrd")}
+    run_shard(load_params(args.params), templates, args.report_dir, args.manifest)
     return 0

@@ -25,7 +25,6 @@ cell, the same normalization as the MD patterns' parent cell).
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, load_params, read_json, write_json
+from mdxrd.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +177,8 @@ def lattice_deviation(relaxed: Any, experimental: Any) -> dict[str, float]:
 
 
 def run_stage(cif: str | Path, relaxed_cif: str | Path, structure_info: str | Path, reference_out: str | Path,
-              static_out: str | Path, *, params: ReferenceParams, xrd: dict[str, Any]) -> dict[str, Any]:
+              static_out: str | Path, *, params: ReferenceParams, xrd: dict[str, Any],
+              stamp: str | None = None) -> dict[str, Any]:
     """Run the reference stage for one crystal; write ``reference.json`` and ``static.npz`` atomically.
 
     Parameters
@@ -191,6 +191,9 @@ def run_stage(cif: str | Path, relaxed_cif: str | Path, structure_info: str | Pa
         :class:`ReferenceParams`.
     xrd
         two_theta_range (min, max), two_theta_step and instrument (the conditions) of the workflow.
+    stamp
+        Recorded in the JSON (:func:`mdxrd.shard.stamp`): the relax stage reuses a unit whose record
+        carries the stamp of the same parameters and structure file.
 
     Returns
     -------
@@ -240,33 +243,10 @@ def run_stage(cif: str | Path, relaxed_cif: str | Path, structure_info: str | Pa
         "eos": {**eos, "volumes_A3": volumes.tolist(), "energies_eV": energies.tolist()},
         "relax_converged": info.get("relax_converged"), "relaxed": info.get("relaxed"),
         "params": {**params.__dict__},
+        "stamp": stamp,
     }
     with atomic_path(static_out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, two_theta=grid, instrument=np.array([i["name"] for i in xrd["instrument"]]), **patterns)
     write_json(reference_out, record)
     return record
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mdxrd reference`` (the workflow's reference stage)."""
-    p = subparsers.add_parser("reference", help="reference stage: E(V) Birch-Murnaghan fit, static patterns")
-    p.add_argument("--cif", required=True, help="the crystal's input CIF")
-    p.add_argument("--relaxed-cif", required=True, help="the structure stage's relaxed CIF")
-    p.add_argument("--structure-info", required=True, help="the structure stage's structure.json")
-    p.add_argument("--reference-out", required=True, help="JSON record")
-    p.add_argument("--static-out", required=True, help="npz of the static patterns")
-    p.add_argument("--params", default="{}", help="JSON object of ReferenceParams fields")
-    p.add_argument("--xrd", required=True, help="JSON: two_theta_range, two_theta_step, instrument")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    from mdxrd.cli import UserError
-
-    try:
-        run_stage(args.cif, args.relaxed_cif, args.structure_info, args.reference_out, args.static_out,
-                  params=ReferenceParams(**load_params(args.params)), xrd=load_params(args.xrd))
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    return 0

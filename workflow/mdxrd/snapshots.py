@@ -58,7 +58,6 @@ displacements' two; the slope of the total energy over the window is the energy 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from pathlib import Path
@@ -67,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from mdxrd.displacements import thermal_motion
-from mdxrd.io import atomic_path, load_params, read_json, write_json
+from mdxrd.io import atomic_path, read_json, write_json
 from mdxrd.statistics import block_standard_error, integrated_autocorrelation_time
 
 log = logging.getLogger(__name__)
@@ -344,25 +343,3 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         write(str(tmp), snaps, format="traj")
     write_json(summary_out, summary)
     return summary
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mdxrd snapshots`` (the workflow's snapshots stage)."""
-    p = subparsers.add_parser("snapshots", help="snapshots stage: select frames, measure tau_corr")
-    p.add_argument("--trajectory", required=True)
-    p.add_argument("--velocities", required=True)
-    p.add_argument("--thermo", required=True)
-    p.add_argument("--run-info", required=True, help="MD run.json (ensemble, target T and P)")
-    p.add_argument("--positions", required=True, help="MD positions.npz (positions and cells of the window)")
-    p.add_argument("--sites", required=True, help="the 0 K supercell the run started from (structure stage)")
-    p.add_argument("--snapshots-out", required=True)
-    p.add_argument("--summary-out", required=True)
-    p.add_argument("--params", required=True,
-                   help="JSON: n_steps, n_equil, n_interval, timestep_fs, lindemann_threshold")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    run_stage(args.trajectory, args.velocities, args.thermo, args.snapshots_out, args.summary_out,
-              run_info=args.run_info, positions=args.positions, sites=args.sites, **load_params(args.params))
-    return 0

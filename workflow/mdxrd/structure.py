@@ -17,7 +17,6 @@ a JSON record with formula, space group, a0 (a, b, c, alpha, beta, gamma), E0.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import warnings
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mdxrd.io import atomic_path, load_params, write_json
+from mdxrd.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -216,28 +215,3 @@ def run_stage(cif: str | Path, cif_out: str | Path, supercell_out: str | Path, i
         write(str(tmp), sc, format="traj")
     write_json(info_out, info)
     return info
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mdxrd structure`` (the workflow's structure stage)."""
-    p = subparsers.add_parser("structure", help="structure stage: read, check, relax a CIF, build the supercell")
-    p.add_argument("cif", help="input CIF")
-    p.add_argument("--name", required=True, help="crystal name")
-    p.add_argument("--cif-out", required=True, help="relaxed unit cell (CIF)")
-    p.add_argument("--supercell-out", required=True, help="supercell (ASE .traj)")
-    p.add_argument("--info-out", required=True, help="JSON record")
-    p.add_argument("--params", default="{}", help="JSON object of StructureParams fields")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    from mdxrd.cli import UserError
-
-    raw = load_params(args.params)
-    if "supercell" in raw:
-        raw["supercell"] = tuple(raw["supercell"])
-    try:
-        run_stage(args.cif, args.cif_out, args.supercell_out, args.info_out, args.name, StructureParams(**raw))
-    except StructureError as err:
-        raise UserError(str(err)) from None
-    return 0

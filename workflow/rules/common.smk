@@ -1,9 +1,10 @@
-# Configuration check, input functions and shared names. The physics is in the mdxrd
-# package (workflow/mdxrd); this file only connects it to Snakemake.
+# Configuration check, the grid's shards, input functions and path templates. The physics is in the
+# mdxrd package (workflow/mdxrd); this file only connects it to Snakemake. Every stage after parsing
+# runs as one job per shard (a block of shards.crystals crystals, mdxrd.grid); each rule hands its
+# stage the path templates of its outputs (mdxrd.layout) and declares the shard's manifest, which the
+# stage writes last.
 import os
-import shlex
 import sys
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
@@ -12,6 +13,8 @@ if _PKG_ROOT not in sys.path:
     sys.path.insert(0, _PKG_ROOT)
 
 from mdxrd import config as mdconf  # noqa: E402
+from mdxrd import grid, layout  # noqa: E402
+from mdxrd import params as mdparams  # noqa: E402
 
 # Jobs (local, conda or cluster) import this package source and call `python -m mdxrd`:
 # without --sdm conda that python is this interpreter, with it the rule env's python.
@@ -27,82 +30,76 @@ if workflow.is_main_process:
         _resolved = mdconf.validate_config(dict(config), _CONFIG_SOURCE, cache_dir=f"{RESULTS}/checked")
     except (mdconf.ConfigError, ValueError) as err:
         raise WorkflowError(f"invalid configuration: {err}") from None
-    # Parameter files: jobs read their parameters from results/params, never from a command line.
-    mdconf.write_params(_resolved, RESULTS)
+    # Parameter files: jobs read their parameters from results/params/<shard>/<stage>.json.
+    mdparams.write_params(_resolved, RESULTS)
 else:
     # A job on a cluster node: the main process validated the configuration and wrote it resolved.
-    _resolved = mdconf.read_resolved(RESULTS)
+    _resolved = mdparams.read_resolved(RESULTS)
 config.clear()
 config.update(_resolved)
 
-RUNS = mdconf.runs(config)
-CRYSTALS = [c["name"] for c in config["crystals"]]  # dataset parts: one per crystal, all its potentials
-UNITS = [u["name"] for u in mdconf.units(config)]  # crystal x potential: structure, reference, qc, plots
-DATASET = f"{RESULTS}/{mdconf.LAYOUT['dataset']}"
-MD_BATCHES = mdconf.md_batches(config)  # the runs of every crystal, split into MD jobs (md.runs_per_job)
+SHARDS = list(grid.shards(config))
+DATASET = layout.template("dataset", RESULTS)
+
 
 wildcard_constraints:
-    crystal=r"[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9][A-Za-z0-9_.-]*)?",
-    ensemble="|".join(["nvt_langevin", "nvt_berendsen", "npt_berendsen"]),
-    temperature=r"[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?",
-    replica=r"[0-9]+",
+    shard=r"s[0-9]{6}",
 
 
-def out(kind):
-    """Output path template of `kind` (a key of mdxrd.config.LAYOUT) under results/."""
-    return f"{RESULTS}/{mdconf.LAYOUT[kind]}"
+def path(kind):
+    """Path template of `kind` (a key of mdxrd.layout.TEMPLATES) under results/."""
+    return layout.template(kind, RESULTS)
 
 
-def run_key(wildcards):
-    return mdconf.RunKey(
-        wildcards.crystal,
-        wildcards.ensemble,
-        float(wildcards.temperature),
-        int(wildcards.replica),
-    )
+def manifest(stage):
+    """The shard manifest a stage writes last (the output its rule declares)."""
+    return path("manifest").replace("{stage}", stage)
 
 
 def params_file(stage):
-    """A job's parameter file (an input: Snakemake reruns the job when write_params changes it)."""
-    return out("params_md") if stage == "md" else out("params").replace("{stage}", stage)
+    """A shard's parameter file of `stage` (an input: Snakemake reruns the job when write_params changes it)."""
+    return path("params").replace("{stage}", stage)
 
 
-def crystal_cif(wildcards):
-    return mdconf.crystal(config, wildcards.crystal)["cif"]
+def templates(*kinds):
+    """Command-line options --<kind>-dir TEMPLATE of unit or run directories, for a rule's params (a
+    function: Snakemake must not fill the template's braces itself)."""
+    text = " ".join(f"--{kind}-dir '{path(kind)}'" for kind in kinds)
+    return lambda wildcards: text
 
 
-def crystal_atoms(wildcards):
-    """Atoms of the crystal's supercell, for resource estimates (from the checked record, no CIF read)."""
-    return mdconf.supercell_atoms(mdconf.crystal(config, wildcards.crystal))
+def shard_cifs(wildcards):
+    """The structure file of every unit of a shard, in the order of its parameter files."""
+    return [u["cif"] for u in grid.shard_units(config, wildcards.shard)]
 
 
-def crystal_run_files(crystal, kinds):
-    """The outputs ``kinds`` of every run of ``crystal``."""
-    return [str(key.path(kind, RESULTS)) for key in mdconf.runs(config, crystal) for kind in kinds]
+def cif_args(wildcards, input):
+    return " ".join(f"--cif '{cif}'" for cif in input.cifs)
 
 
-def dataset_part_inputs(wildcards):
-    """Every output of one crystal (all its potentials) that its dataset part reads."""
-    units = mdconf.crystal_units(config, wildcards.crystal)
-    files = [units[0]["cif"]]
-    for unit in units:
-        files += [out(k).format(crystal=unit["name"]) for k in ("structure_info", "relaxed_cif", "static")]
-        files += crystal_run_files(unit["name"], mdconf.DATASET_KINDS)
-    return files
+def shard_n_units(wildcards):
+    return len(grid.shard_units(config, wildcards.shard))
+
+
+def md_mem_mb(wildcards, attempt):
+    """The largest MD batch of the shard (mdxrd.grid.md_job_mem_mb), twice on a retry."""
+    calc = config["md"]["calculator"]
+    return attempt * max(grid.md_job_mem_mb(calc, max(grid.supercell_atoms(grid.unit(config, r.unit)) for r in b),
+                                            len(b)) for b in grid.md_batches(config, wildcards.shard))
+
+
+def md_runtime(wildcards, attempt):
+    """Minutes for the shard's MD batches one after the other: 1.5-10 ms per atom and step on one CPU thread
+    (Si 64 atoms 0.1 s/step, Cu 32 atoms 0.2, Al2O3 240 atoms 2.3); 20 ms per atom-step and run leaves room."""
+    steps = config["md"]["n_steps"]
+    return attempt * sum(10 + int(0.02 * max(grid.supercell_atoms(grid.unit(config, r.unit)) for r in b) * steps
+                                  * len(b) / 60) for b in grid.md_batches(config, wildcards.shard))
+
+
+def shard_n_runs(wildcards):
+    return len(grid.shard_runs(config, wildcards.shard))
 
 
 def report_inputs(wildcards):
-    """The report figures and QC table of every crystal."""
-    kinds = ("plot_patterns", "plot_zoom", "plot_thermal", "plot_traces", "qc_html")
-    return [out(kind).format(crystal=c) for c in UNITS for kind in kinds] + [out("qc_potentials")]
-
-
-def md_run_files(template, batch):
-    """`template` (a path with run wildcards) for every run of `batch`, the {crystal} wildcard left open."""
-    return [template.format(crystal="{crystal}", **w) for w in batch]
-
-
-def md_run_args(wildcards, input, output):
-    """Command-line arguments: --out-dir and --params of every run of the job."""
-    return " ".join(f"--out-dir {shlex.quote(os.path.dirname(thermo))} --params {shlex.quote(params)}"
-                    for thermo, params in zip(output.thermo, input.params))
+    """The QC manifests of every shard (their report figures) and the potentials' comparison."""
+    return expand(manifest("qc"), shard=SHARDS) + [path("qc_potentials")]

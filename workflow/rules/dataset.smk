@@ -1,25 +1,32 @@
+# The dataset: one Parquet part per shard (every pattern of its crystals with labels and provenance),
+# then the shared schema and metadata (results/dataset/_common_metadata; parts of shards no longer
+# configured are removed).
 rule dataset_part:
     input:
-        dataset_part_inputs,
+        relax=manifest("relax"),
+        post=manifest("post"),
         params=params_file("dataset"),
     output:
-        out("dataset_part"),
+        path("dataset_part"),
     log:
-        "logs/dataset/{crystal}.log",
+        "logs/dataset/{shard}.log",
     benchmark:
-        "results/benchmarks/dataset/{crystal}.tsv"
+        "results/benchmarks/dataset/{shard}.tsv"
     params:
-        results=lambda wc, output: str(Path(output[0]).parents[2]),  # results/dataset/crystal=X/part-0
+        dirs=templates("structure", "reference", "md", "snapshots", "xrd"),
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: attempt * (10 + shard_n_runs(wc) // 60),
     conda:
         "../../envs/base.yaml"
     shell:
-        "python -m mdxrd dataset-part --params {input.params:q} --results {params.results:q} -o {output:q} > {log:q} 2>&1"
+        "python -m mdxrd dataset-part --params {input.params:q} {params.dirs} -o {output:q} > {log:q} 2>&1"
 
 
 rule dataset:
     input:
-        parts=expand(out("dataset_part"), crystal=CRYSTALS),
-        config=out("params_config"),
+        parts=expand(path("dataset_part"), shard=SHARDS),
+        config=path("config"),
     output:
         DATASET,
     log:
@@ -27,9 +34,8 @@ rule dataset:
     benchmark:
         "results/benchmarks/dataset.tsv"
     params:
-        dataset_dir=lambda wc, output: str(Path(output[0]).parent),
+        parts=lambda wc, input: " ".join(f"--part {p}" for p in input.parts),
     conda:
         "../../envs/base.yaml"
     shell:
-        "python -m mdxrd dataset --config {input.config:q} --dataset-dir {params.dataset_dir:q} -o {output:q}"
-        " > {log:q} 2>&1"
+        "python -m mdxrd dataset --config {input.config:q} {params.parts} -o {output:q} > {log:q} 2>&1"

@@ -1,36 +1,43 @@
+# QC and report figures of every unit of a shard (mdxrd.qc.run_shard): a(T), alpha per axis, B(T), B_iso
+# against the run's own pattern, experiment; the QC table (results/qc/<unit>/) and the figures
+# (results/plots/<unit>/, linked into results/report/<shard>/<unit>/ for snakemake --report).
 rule qc:
     input:
-        reference=out("reference"),
-        sites=out("supercell"),
+        relax=manifest("relax"),
+        post=manifest("post"),
         params=params_file("qc"),
-        runs=lambda wc: crystal_run_files(wc.crystal, mdconf.QC_KINDS),
     output:
-        qc=out("qc"),
-        table=out("qc_table"),
+        manifest=manifest("qc"),
+        report=report(directory(path("report")), patterns=["{unit}/{figure}.{ext}"],
+                      caption="../report/figures.rst", category="{unit}", labels={"figure": "{figure}"}),
     log:
-        "logs/qc/{crystal}.log",
+        "logs/qc/{shard}.log",
+    params:
+        dirs=templates("structure", "reference", "qc", "plots", "md", "snapshots", "xrd"),
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: attempt * (10 + shard_n_units(wc) // 4),
     conda:
         "../../envs/base.yaml"
     shell:
-        "python -m mdxrd qc --reference {input.reference:q} --runs {input.params:q}#runs --crystal {input.params:q}#crystal"
-        " --tolerances {input.params:q}#tolerances --sites {input.sites:q} --qc-out {output.qc:q}"
-        " --table-out {output.table:q} > {log:q} 2>&1"
+        "python -m mdxrd qc --params {input.params:q} {params.dirs} --report-dir {output.report:q}"
+        " --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 rule qc_potentials:
     input:
-        tables=expand(out("qc_table"), crystal=UNITS),
-        config=out("params_config"),
+        qc=expand(manifest("qc"), shard=SHARDS),
+        config=path("config"),
     output:
-        csv=out("qc_potentials_csv"),
-        html=report(out("qc_potentials"), caption="../report/potentials.rst", category="potentials",
+        csv=path("qc_potentials_csv"),
+        html=report(path("qc_potentials"), caption="../report/potentials.rst", category="potentials",
                     labels={"figure": "potentials against experiment"}),
     log:
         "logs/qc/potentials.log",
     params:
-        results=lambda wc, input: str(Path(input.config).parents[1]),  # results/params/config.json
+        qc_dir=lambda wc: path("qc"),
     conda:
         "../../envs/base.yaml"
     shell:
-        "python -m mdxrd qc-potentials --config {input.config:q} --results {params.results:q}"
+        "python -m mdxrd qc-potentials --config {input.config:q} --qc-dir '{params.qc_dir}'"
         " --csv-out {output.csv:q} --html-out {output.html:q} > {log:q} 2>&1"

@@ -5,8 +5,8 @@
 * :mod:`mdxrd.xrd.profiles`: instrument and sample conditions (:class:`Instrument`:
   K-alpha doublets, Caglioti/TCH pseudo-Voigt, Scherrer size, microstrain, shifts,
   background, noise) and the thermal diffuse continuum, reflections -> patterns.
-* :mod:`mdxrd.xrd.stage`: the workflow's xrd stage (files).
-* :mod:`mdxrd.xrd.cli`: ``mdxrd xrd`` and ``mdxrd xrd-stage``.
+* :mod:`mdxrd.xrd.stage`: the XRD of one run's snapshots, files in and out (:mod:`mdxrd.post`).
+* :mod:`mdxrd.xrd.cli`: ``mdxrd xrd``.
 """
 
 from mdxrd.xrd.cli import add_parser, read_structure_or_atoms

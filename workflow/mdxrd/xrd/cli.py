@@ -113,38 +113,8 @@ def _cmd_xrd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_xrd_stage(args: argparse.Namespace) -> int:
-    from mdxrd.cli import UserError
-    from mdxrd.io import load_params
-    from mdxrd.xrd.stage import run_stage
-
-    try:
-        params = load_params(args.params)
-    except ValueError as err:
-        raise UserError(f"--params: {err}") from None
-    required = ("two_theta_range", "two_theta_step", "supercell", "instrument")
-    if not isinstance(params, dict) or any(key not in params for key in required):
-        raise UserError(f"--params must be a JSON object with keys {', '.join(required)}")
-    unknown = sorted(set(params) - set(required))
-    if unknown:
-        raise UserError(f"--params has unknown keys {', '.join(unknown)}")
-    if not Path(args.snapshots).is_file():
-        raise UserError(f"no such file: {args.snapshots}")
-    centring: list[list[float]] = []
-    if args.structure_info:
-        from mdxrd.io import read_json
-
-        centring = read_json(args.structure_info)["centring_translations"]
-    try:
-        run_stage(args.snapshots, args.reflections, args.patterns, args.average, centring=centring,
-                  **{key: params[key] for key in required})
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    return 0
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register the ``xrd`` and ``xrd-stage`` subcommands."""
+    """Register the ``xrd`` subcommand."""
     p = subparsers.add_parser(
         "xrd",
         help="powder XRD reflections and/or a pattern of one structure file, for one instrument condition",
@@ -181,20 +151,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     g.add_argument("--monochromator", type=float, metavar="TWO_THETA_M",
                    help="2theta of a diffracted-beam monochromator, degrees (polarization factor)")
     p.set_defaults(func=_cmd_xrd)
-
-    s = subparsers.add_parser(
-        "xrd-stage",
-        help="workflow stage: XRD of every snapshot of a trajectory",
-        description="Reflections (Parquet) and, for every instrument condition, patterns (npz) of every snapshot, "
-        "and their average.",
-    )
-    s.add_argument("--snapshots", required=True, help="ASE trajectory of snapshots")
-    s.add_argument("--reflections", required=True, help="output Parquet")
-    s.add_argument("--patterns", required=True, help="output .npz")
-    s.add_argument("--average", help="output .npz: the run's average patterns")
-    s.add_argument("--structure-info", help="structure stage JSON: centring_translations of the parent cell "
-                   "(without it the parent cell counts as primitive)")
-    s.add_argument("--params", required=True,
-                   help="JSON object (or FILE[#key/...]): two_theta_range, two_theta_step, supercell, instrument "
-                   "(list of conditions)")
-    s.set_defaults(func=_cmd_xrd_stage)

@@ -1,0 +1,131 @@
+"""Post-processing stage: the snapshots and the XRD of every MD run of a shard.
+
+For each run of the shard (in parallel over ``--workers`` processes):
+
+1. :func:`mdxrd.snapshots.run_stage`: pick the snapshots after equilibration, measure the
+   velocity autocorrelation time, the sampling window's figures and the thermal motion
+   about the lattice sites; into the run's snapshots directory: ``snapshots.traj``,
+   ``summary.json``.
+2. :func:`mdxrd.xrd.stage.run_stage`: the reflections of every snapshot, its patterns for
+   every instrument condition and the run's average; into the run's xrd directory:
+   ``reflections.parquet``, ``patterns.npz``, ``average.npz``.
+
+A run whose summary carries the stamp of the same parameters and MD run (and whose five
+files exist) is reused; the stamp is written last, so a run interrupted half-way is redone.
+A run that fails does not stop the others; the job then fails naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from mdxrd.io import load_params, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+#: The files of a run's snapshots directory and of its xrd directory.
+SNAPSHOT_FILES = ("snapshots.traj", "summary.json")
+XRD_FILES = ("reflections.parquet", "patterns.npz", "average.npz")
+
+
+def process_run(job: dict[str, Any]) -> dict[str, Any]:
+    """Snapshots and XRD of one run (``job``: the run, its directories, the stage's parameters); see the module."""
+    from mdxrd.shard import is_current, stamp
+    from mdxrd.snapshots import run_stage as snapshots_stage
+    from mdxrd.xrd.stage import run_stage as xrd_stage
+
+    run, params = job["run"], job["params"]
+    md, snap, xrd = Path(job["md_dir"]), Path(job["snapshots_dir"]), Path(job["xrd_dir"])
+    entry = {k: run[k] for k in ("unit", "ensemble", "temperature_K", "replica")}
+    run_stamp = stamp(params["snapshots"], params["xrd"], run, read_json(md / "run.json").get("stamp"))
+    if is_current(snap / "summary.json", run_stamp, [*(snap / f for f in SNAPSHOT_FILES), *(xrd / f for f in XRD_FILES)]):
+        return {**entry, "reused": True}
+    snapshots_stage(md / "trajectory.traj", md / "velocities.npy", md / "thermo.csv", snap / "snapshots.traj",
+                    snap / "summary.json", run_info=md / "run.json", positions=md / "positions.npz",
+                    sites=job["sites"], **params["snapshots"])
+    xrd_stage(snap / "snapshots.traj", xrd / "reflections.parquet", xrd / "patterns.npz", xrd / "average.npz",
+              supercell=run["supercell"], centring=read_json(job["structure_info"])["centring_translations"],
+              **params["xrd"])
+    summary = read_json(snap / "summary.json")
+    write_json(snap / "summary.json", {**summary, "stamp": run_stamp})  # last: the run is complete
+    return {**entry, "reused": False}
+
+
+def run_shard(params: dict[str, Any], md_template: str, structure_template: str, snapshots_template: str,
+              xrd_template: str, manifest: str | Path, workers: int = 1) -> int:
+    """Snapshots and XRD of every run of a shard; write the manifest last.
+
+    Parameters
+    ----------
+    params
+        The shard's ``post`` parameter file (:func:`mdxrd.params.shard_params`): ``snapshots``,
+        ``xrd`` and ``runs`` (unit, ensemble, temperature_K, replica, supercell).
+    md_template, snapshots_template, xrd_template
+        Path templates (``{unit}``, ``{ensemble}``, ``{temperature}``, ``{replica}``) of a run's MD,
+        snapshots and xrd directories.
+    structure_template
+        Path template (``{unit}``) of a unit's structure directory (its 0 K supercell: the lattice
+        sites; its structure.json: the centring translations).
+    manifest
+        The shard's manifest, written when every run succeeded.
+    workers
+        Processes working on runs side by side.
+
+    Returns
+    -------
+    int
+        The number of runs made (not reused).
+
+    Raises
+    ------
+    mdxrd.shard.ShardError
+        Some runs failed (named, with their errors); the others are written.
+    """
+    from mdxrd.shard import fail_if, fill, run_all, write_manifest
+
+    started = time.perf_counter()
+    jobs = []
+    for run in params["runs"]:
+        fields = {"unit": run["unit"], "ensemble": run["ensemble"], "temperature": f"{float(run['temperature_K']):g}",
+                  "replica": run["replica"]}
+        sdir = fill(structure_template, unit=run["unit"])
+        jobs.append({"run": run, "params": {"snapshots": params["snapshots"], "xrd": params["xrd"]},
+                     "md_dir": str(fill(md_template, **fields)), "snapshots_dir": str(fill(snapshots_template, **fields)),
+                     "xrd_dir": str(fill(xrd_template, **fields)), "sites": str(sdir / "supercell.traj"),
+                     "structure_info": str(sdir / "structure.json")})
+    results, failures = run_all(jobs, process_run, lambda j: j["md_dir"], workers=workers)
+    fail_if(failures, "runs", len(jobs))
+    write_manifest(manifest, "post", results, started)
+    made = sum(1 for r in results if not r["reused"])
+    log.info("post: %d runs made, %d reused", made, len(results) - made)
+    return made
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``mdxrd post`` (the workflow's post-processing stage: every run of one shard)."""
+    p = subparsers.add_parser("post", help="post-processing stage: snapshots and XRD of every run of a shard")
+    p.add_argument("--params", required=True, help="the shard's post parameter file")
+    p.add_argument("--md-dir", required=True,
+                   help="path template of a run's MD directory, e.g. results/md/{unit}/{ensemble}/{temperature}K/r{replica}")
+    p.add_argument("--structure-dir", required=True, help="path template, e.g. results/structure/{unit}")
+    p.add_argument("--snapshots-dir", required=True, help="path template of a run's snapshots directory")
+    p.add_argument("--xrd-dir", required=True, help="path template of a run's xrd directory")
+    p.add_argument("--manifest", required=True, help="the shard's manifest (JSON), written last")
+    p.add_argument("--workers", type=int, default=1, help="processes working on runs side by side")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from mdxrd.cli import UserError
+
+    try:
+        params = load_params(args.params)
+    except ValueError as err:
+        raise UserError(f"--params {args.params}: {err}") from None
+    run_shard(params, args.md_dir, args.structure_dir, args.snapshots_dir, args.xrd_dir, args.manifest,
+              workers=max(1, args.workers))
+    return 0
