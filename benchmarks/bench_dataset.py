@@ -6,15 +6,16 @@ Usage::
 
 It writes one synthetic run (a 64-atom trajectory of ``--snapshots`` frames with energies
 and stresses, patterns and their average on the default 2theta grid of 4001 points,
-run.json and summary.json) and per-crystal structure outputs, then dataset sections in
-which every crystal has ``--runs`` runs pointing at that run: the part writer reads
-and writes as much as a real campaign of that size, without its MD. Defaults:
-1000 crystals x (9 runs x (10 snapshots + 1 average) + 2 static) = 101,000 patterns.
+run.json and summary.json) and one unit's structure and reference outputs, then dataset
+sections of shards of ``--shard`` crystals, every crystal with ``--runs`` runs, whose path
+templates all point at those files: the part writer reads and writes as much as a real
+campaign of that size, without its MD. Defaults: 1000 crystals x (9 runs x (10 snapshots +
+1 average) + 2 static) = 101,000 patterns in 10 shards of 100.
 
 Measured, each in a fresh process (wall time, peak RSS from ru_maxrss):
 
-* ``one part``: one crystal's part, what one ``dataset_part`` job does;
-* ``all parts``: every crystal's part in one process, one after the other (an upper
+* ``one part``: one shard's part, what one ``dataset_part`` job does;
+* ``all parts``: every shard's part in one process, one after the other (an upper
   bound of any part job: memory that grew with the number of parts would show here);
 * ``metadata``: the ``dataset`` job, checking every part's footer and writing
   ``_common_metadata``.
@@ -45,9 +46,9 @@ t = time.perf_counter()
 rows = 0
 if job["what"] == "parts":
     for section, out in job["parts"]:
-        rows += dataset.write_part(section, job["results"], out)
+        rows += dataset.write_part(section, job["templates"], out)
 else:
-    rows = dataset.write_common_metadata(job["config"], job["dataset_dir"], job["out"])
+    rows = dataset.write_common_metadata(job["config"], job["parts"], job["out"])
 print(json.dumps({{"wall_s": time.perf_counter() - t, "rows": rows,
                   "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
@@ -93,14 +94,15 @@ def synthetic_outputs(root: Path, n_snapshots: int) -> dict[str, str]:
     figures = ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa", "window_P_sem_GPa",
                "window_volume_A3", "window_volume_sem_A3", "window_volume_drift", "energy_drift_meV_per_atom_ps",
                "tau_int_E_pot_fs", "n_independent_snapshots")
+    figures = (*figures, "tau_int_u_fs", "tau_int_msd_fs")
     write_json(root / "summary.json", {"tau_corr_fs": 80.0, "interval_too_short": True, "lindemann_ratio": 0.07,
                                        "melted": False, **{k: 1.0 for k in figures}, "equilibrated": True,
                                        "B_iso_A2": {"Si": 0.6}, "B_iso_sem_A2": {"Si": 0.02}})
     write_json(root / "structure.json", {"formula": "Si", "space_group": "Fd-3m", "space_group_number": 227,
                                          "supercell": [2, 2, 2], "E0_eV_per_atom": -5.42})
-    return {k: str(root / f) for k, f in (("cif", "Si.cif"), ("snapshots", "snapshots.traj"),
-                                          ("patterns", "patterns.npz"), ("average", "average.npz"),
-                                          ("run_info", "run.json"), ("snapshots_summary", "summary.json"))}
+    lattice = {"a": 5.43, "b": 5.43, "c": 5.43, "alpha": 90.0, "beta": 90.0, "gamma": 90.0, "volume_A3": 5.43**3}
+    write_json(root / "reference.json", {"relaxed_lattice": lattice, "cif_lattice": lattice})
+    return {"root": str(root)}
 
 
 def child(job: dict, work: Path) -> dict:
@@ -114,49 +116,45 @@ def child(job: dict, work: Path) -> dict:
 
 
 def main() -> int:
-    from mdxrd.config import LAYOUT
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--crystals", type=int, default=1000)
+    ap.add_argument("--shard", type=int, default=100, help="crystals per shard (one part each)")
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--snapshots", type=int, default=10)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="mdxrd-dataset-") as tmp:
         work = Path(tmp)
-        results = work / "results"
-        files = synthetic_outputs(work / "synthetic", args.snapshots)
+        root = synthetic_outputs(work / "synthetic", args.snapshots)["root"]
+        templates = {k: root for k in ("structure", "reference", "md", "snapshots", "xrd")}  # every unit, run there
         names = [f"x{i:05d}" for i in range(args.crystals)]
-        entries = [{"name": n, "cif": files["cif"], "supercell": [2, 2, 2], "n_atoms_cell": 8,
-                    "cif_sha256": "0" * 64} for n in names]
-        for n in names:  # per-crystal outputs the part reads (structure.json, relaxed.cif, static.npz)
-            for kind, src in (("structure_info", "structure.json"), ("relaxed_cif", "relaxed.cif"),
-                              ("static", "static.npz")):
-                dst = results / LAYOUT[kind].format(crystal=n)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.symlink_to(work / "synthetic" / src)
+        potential = {"name": "chgnet", "version": "0", "model_sha256": "0" * 64}
+        crystals = [{"crystal": {"name": n, "supercell": [2, 2, 2], "n_atoms_cell": 8, "cif_sha256": "0" * 64},
+                     "split": "train",
+                     "units": [{"name": n, "potential": potential,
+                                "runs": [{"ensemble": "npt_berendsen", "temperature_K": 300.0 + 50 * r, "replica": 0,
+                                          "supercell": [2, 2, 2]} for r in range(args.runs)]}]} for n in names]
+        dataset_dir = work / "results" / "dataset"
         parts = []
-        for entry in entries:
-            runs = [{"ensemble": "npt_berendsen", "temperature_K": 300.0 + 50 * r, "replica": 0, "supercell": [2, 2, 2],
-                     **{k: files[k] for k in ("snapshots", "patterns", "average", "run_info", "snapshots_summary")}}
-                    for r in range(args.runs)]
-            section = {"crystal": entry, "split": "train", "drop_melted": False, "runs": runs,
+        for i in range(0, args.crystals, args.shard):
+            section = {"drop_melted": False, "crystals": crystals[i:i + args.shard],
                        "instrument": [{"name": "default", "wavelength": "CuKa1", "sigma_deg": 0.3}]}
-            parts.append((section, str(results / LAYOUT["dataset_part"].format(crystal=entry["name"]))))
-        config = {"crystals": entries, "xrd": {"wavelength": "CuKa1", "two_theta_min": 10.0, "two_theta_max": 90.0,
-                                               "two_theta_step": 0.02, "sigma_deg": 0.3}}
+            parts.append((section, str(dataset_dir / f"part-s{i // args.shard:06d}.parquet")))
+        config = {"crystals": [c["crystal"] for c in crystals],
+                  "xrd": {"wavelength": "CuKa1", "two_theta_min": 10.0, "two_theta_max": 90.0, "two_theta_step": 0.02,
+                          "sigma_deg": 0.3}}
         out = {
-            "one part": child({"what": "parts", "parts": parts[:1], "results": str(results)}, work),
-            "all parts": child({"what": "parts", "parts": parts, "results": str(results)}, work),
-            "metadata": child({"what": "metadata", "config": config, "dataset_dir": str(results / "dataset"),
-                               "out": str(results / "dataset" / "_common_metadata")}, work),
+            "one part": child({"what": "parts", "parts": parts[:1], "templates": templates}, work),
+            "all parts": child({"what": "parts", "parts": parts, "templates": templates}, work),
+            "metadata": child({"what": "metadata", "config": config, "parts": [p for _, p in parts],
+                               "out": str(dataset_dir / "_common_metadata")}, work),
         }
-        size = sum(p.stat().st_size for p in (results / "dataset").rglob("*") if p.is_file())
+        size = sum(p.stat().st_size for p in dataset_dir.rglob("*") if p.is_file())
         import pyarrow.parquet as pq
 
-        n_rows = pq.read_table(results / "dataset", columns=["kind"]).num_rows
-    print(f"{args.crystals} crystals x {args.runs} runs x ({args.snapshots} + 1) + 2 static = {n_rows} patterns, "
-          f"{size / 1e9:.2f} GB on disk")
+        n_rows = pq.read_table(dataset_dir, columns=["kind"]).num_rows
+    print(f"{args.crystals} crystals x {args.runs} runs x ({args.snapshots} + 1) + 2 static = {n_rows} patterns in "
+          f"{len(parts)} shard parts, {size / 1e9:.2f} GB on disk")
     for case, m in out.items():
         print(f"  {case:10s} {m['wall_s']:8.1f} s  peak RSS {m['peak_rss_MB']:7.0f} MB  ({m['rows']} rows)")
     peak = max(m["peak_rss_MB"] for m in out.values())

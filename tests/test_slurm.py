@@ -78,8 +78,8 @@ def test_dry_run_with_slurm_profile_default_grid(tmp_path):
                        res.stdout, re.MULTILINE)
     assert len(other) == 5 and not any("gpu" in r for r in other)
     assert all("runtime=" in r and "mem_mb=" in r for r in other)
-    # the profile's shard: 100 crystals (the default grid's 3 in one)
-    assert json.loads((work / "results" / "params" / "config.json").read_text())["shards"] == {"crystals": 100}
+    # the profile's shard: 125 crystals (the default grid's 3 in one)
+    assert json.loads((work / "results" / "params" / "config.json").read_text())["shards"] == {"crystals": 125}
 
 
 def test_partition_file_sends_gpu_jobs_to_gpu_partition():

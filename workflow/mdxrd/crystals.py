@@ -131,11 +131,31 @@ def checked_record(cif: str | Path, xrd: dict[str, Any], cache_dir: str | Path |
     from mdxrd.structure import StructureError
 
     path = Path(cif)
-    if not path.is_file():
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None
+    if stat is None or not path.is_file():
         raise StructureError(f"{path}: file not found")
-    sha = file_sha256(path)
     settings = {"v": CHECK_VERSION, "wavelength": xrd["wavelength"], "two_theta_min": xrd["two_theta_min"],
                 "two_theta_max": xrd["two_theta_max"]}
+    # a sheet's rows often share files: one read per file and parse (the same path, size and time)
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, json.dumps(settings, sort_keys=True), str(cache_dir))
+    if memo in _RECORDS:
+        return _RECORDS[memo]
+    record = _checked_record(path, settings, xrd, cache_dir)
+    _RECORDS[memo] = record
+    return record
+
+
+#: Checked records of this process, by file path, size, modification time, settings and cache directory.
+_RECORDS: dict[tuple[str, int, int, str, str], dict[str, Any]] = {}
+
+
+def _checked_record(path: Path, settings: dict[str, Any], xrd: dict[str, Any], cache_dir: str | Path | None
+                    ) -> dict[str, Any]:
+    """:func:`checked_record` without the in-process memo: the cached record of the file's content, or a new one."""
+    sha = file_sha256(path)
     key = f"{sha}-{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]}"
     cached = Path(cache_dir) / f"{key}.json" if cache_dir is not None else None
     if cached is not None and cached.is_file():

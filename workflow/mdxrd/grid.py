@@ -63,28 +63,21 @@ class Run:
                 "replica": self.replica}
 
 
-_TABLES: dict[str, Any] = {"key": None}
+_INDEX: dict[str, Any] = {"key": None}
 
 
-def _tables(config: dict[str, Any]) -> dict[str, Any]:
-    """Units, units by name and by crystal, and shards of ``config``, built once per crystal/potential list."""
-    from mdxrd.potentials import unit_name
-
+def _index(config: dict[str, Any]) -> dict[str, Any]:
+    """Crystal entries by name and the shards of ``config``, built once per crystal list; units per crystal are
+    built on demand (a cluster job needs the units of one shard, not of 100,000 crystals)."""
     key = (id(config["crystals"]), id(config["potentials"]), len(config["crystals"]), len(config["potentials"]),
            config.get("shards", {}).get("crystals", 1))
-    if _TABLES["key"] != key or _TABLES.get("crystals") is not config["crystals"]:
-        table = [{**c, "name": unit_name(c["name"], p["name"]), "crystal": c["name"], "potential": p}
-                 for c in config["crystals"] for p in config["potentials"]]
-        by_crystal: dict[str, list[dict[str, Any]]] = {}
-        for u in table:
-            by_crystal.setdefault(u["crystal"], []).append(u)
-        size = int(config.get("shards", {}).get("crystals", 1))
+    if _INDEX["key"] != key or _INDEX.get("crystals") is not config["crystals"]:
         names = [c["name"] for c in config["crystals"]]
+        size = int(config.get("shards", {}).get("crystals", 1))
         shards = {shard_name(i): names[i * size:(i + 1) * size] for i in range(math.ceil(len(names) / size))}
-        _TABLES.update(key=key, crystals=config["crystals"], units=table, by_name={u["name"]: u for u in table},
-                       by_crystal=by_crystal, shards=shards,
-                       shard_of={c: s for s, cs in shards.items() for c in cs})
-    return _TABLES
+        _INDEX.update(key=key, crystals=config["crystals"], entries=dict(zip(names, config["crystals"])),
+                      shards=shards, size=size, units={})
+    return _INDEX
 
 
 def shard_name(index: int) -> str:
@@ -92,42 +85,60 @@ def shard_name(index: int) -> str:
     return f"s{index:06d}"
 
 
+def crystal_units(config: dict[str, Any], crystal: str) -> list[dict[str, Any]]:
+    """The units of crystal ``crystal``, one per potential in config order: the crystal's entry with ``name`` the
+    unit name (:func:`mdxrd.potentials.unit_name`), ``crystal`` the crystal's name and ``potential`` the resolved
+    potential.
+
+    Raises
+    ------
+    KeyError
+        No crystal of that name.
+    """
+    from mdxrd.potentials import unit_name
+
+    index = _index(config)
+    cached = index["units"].get(crystal)
+    if cached is None:
+        entry = index["entries"][crystal]
+        cached = index["units"][crystal] = [{**entry, "name": unit_name(crystal, p["name"]), "crystal": crystal,
+                                             "potential": p} for p in config["potentials"]]
+    return cached
+
+
 def units(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every crystal with every potential, in config order: the crystal's entry with ``name`` the unit
-    name, ``crystal`` the crystal's name and ``potential`` the resolved potential."""
-    return _tables(config)["units"]
+    """Every unit (crystal x potential), in config order (:func:`crystal_units`)."""
+    return [u for c in _index(config)["entries"] for u in crystal_units(config, c)]
 
 
 def unit(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The unit called ``name``.
+    """The unit called ``name`` (``<crystal>`` or ``<crystal>@<potential>``).
 
     Raises
     ------
     KeyError
         No unit of that name.
     """
-    return _tables(config)["by_name"][name]
-
-
-def crystal_units(config: dict[str, Any], crystal: str) -> list[dict[str, Any]]:
-    """The units of crystal ``crystal`` (one per potential, in config order)."""
-    return _tables(config)["by_crystal"][crystal]
+    for u in crystal_units(config, name.split("@", 1)[0]):
+        if u["name"] == name:
+            return u
+    raise KeyError(name)
 
 
 def shards(config: dict[str, Any]) -> dict[str, list[str]]:
     """Shard name -> the names of its crystals, in config order."""
-    return _tables(config)["shards"]
+    return _index(config)["shards"]
 
 
 def shard_of(config: dict[str, Any], crystal: str) -> str:
     """The shard of crystal ``crystal``."""
-    return _tables(config)["shard_of"][crystal]
+    index = _index(config)
+    return shard_name(list(index["entries"]).index(crystal) // index["size"])
 
 
 def shard_units(config: dict[str, Any], shard: str) -> list[dict[str, Any]]:
     """Every unit of the crystals of ``shard``, crystal by crystal."""
-    by_crystal = _tables(config)["by_crystal"]
-    return [u for c in shards(config)[shard] for u in by_crystal[c]]
+    return [u for c in shards(config)[shard] for u in crystal_units(config, c)]
 
 
 def runs(config: dict[str, Any], unit: str | None = None) -> list[Run]:

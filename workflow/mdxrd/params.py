@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,9 @@ def write_params(config: dict[str, Any], results: str | Path = "results") -> int
     if new_manifest != manifest:
         with atomic_path(manifest_path) as tmp:
             tmp.write_text(json.dumps(new_manifest, sort_keys=True))
+    # parameter files of shards no longer configured (and the per-crystal ones of mdxrd before shards) go
+    for stale in sorted(p for p in (results / "params").iterdir() if p.is_dir() and p.name not in new_manifest):
+        shutil.rmtree(stale)
     return written
 
 
