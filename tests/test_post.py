@@ -1,8 +1,8 @@
-"""The run's average (written by the xrd stage): mean of snapshot patterns, intensity preserved,
-Debye-Waller decay with temperature.
+"""The post stage of one run (mdxrd.post.process_run: snapshots, then XRD with the run's average): the average
+is the mean of the snapshot patterns, preserves the integrated intensity, and shows the Debye-Waller decay
+with temperature; a run whose stamp matches is reused.
 
-The MD here uses ASE's EMT potential for Cu (fast) through the same stage functions the
-workflow runs: md -> snapshots -> xrd (with its average).
+The MD here uses ASE's EMT potential for Cu (fast), then the stage function the workflow runs.
 """
 
 from __future__ import annotations
@@ -13,26 +13,41 @@ import pytest
 from ase.calculators.emt import EMT
 
 from conftest import cu_fcc
-from mdxrd import snapshots, xrd
+from mdxrd import xrd
 from mdxrd.md import MDParams, run_md
+from mdxrd.post import process_run
 
 XRD = dict(two_theta_range=(30.0, 90.0), two_theta_step=0.02,
            instrument=[{"name": "g", "wavelength": 1.5406, "sigma_deg": 0.3}])
 
 
 def _pipeline(tmp_path, temperature_K: float):
+    from ase.io import write
+
+    from mdxrd.io import write_json
+
     md = dict(n_steps=400, n_equil=100, n_interval=30, timestep_fs=2.0)
     params = MDParams(ensemble="nvt_langevin", temperature_K=temperature_K, seed=5, friction_per_fs=0.02, **md)
-    run_md(cu_fcc(a=3.59, repeat=3), params, tmp_path, calc=EMT())
-    snapshots.run_stage(tmp_path / "trajectory.traj", tmp_path / "velocities.npy", tmp_path / "thermo.csv",
-                        tmp_path / "snaps.traj", tmp_path / "summary.json", run_info=tmp_path / "run.json", **md)
-    xrd.run_stage(tmp_path / "snaps.traj", tmp_path / "refl.parquet", tmp_path / "patterns.npz", tmp_path / "avg.npz",
-                  supercell=(3, 3, 3), centring=xrd.centring_translations(cu_fcc(a=3.59, repeat=1)), **XRD)
+    sites = cu_fcc(a=3.59, repeat=3)
+    run_md(sites, params, tmp_path / "md", calc=EMT(), stamp="test")
+    write(tmp_path / "supercell.traj", sites)
+    write_json(tmp_path / "structure.json", {"centring_translations": xrd.centring_translations(cu_fcc(a=3.59,
+                                                                                                          repeat=1))})
+    job = {"run": {"unit": "Cu", "ensemble": "nvt_langevin", "temperature_K": temperature_K, "replica": 0,
+                   "supercell": [3, 3, 3]},
+           "params": {"snapshots": {**md, "lindemann_threshold": 0.2}, "xrd": XRD},
+           "md_dir": str(tmp_path / "md"), "snapshots_dir": str(tmp_path / "snap"), "xrd_dir": str(tmp_path / "xrd"),
+           "sites": str(tmp_path / "supercell.traj"), "structure_info": str(tmp_path / "structure.json")}
+    assert process_run(job)["reused"] is False
+    mtime = (tmp_path / "xrd" / "average.npz").stat().st_mtime_ns
+    assert process_run(job)["reused"] is True  # its stamp: parameters and MD run unchanged
+    assert (tmp_path / "xrd" / "average.npz").stat().st_mtime_ns == mtime
 
     def first(npz):  # the one condition
         return {k: (v[0] if k.startswith("intensity") else v) for k, v in np.load(npz).items()}
 
-    return first(tmp_path / "patterns.npz"), first(tmp_path / "avg.npz"), pq.read_table(tmp_path / "refl.parquet")
+    out = tmp_path / "xrd"
+    return first(out / "patterns.npz"), first(out / "average.npz"), pq.read_table(out / "reflections.parquet")
 
 
 @pytest.fixture(scope="module")
