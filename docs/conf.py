@@ -8,6 +8,7 @@ the dataset's columns from :data:`mdxrd.dataset.COLUMNS`.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -41,7 +42,23 @@ autodoc_default_options = {"members": True, "undoc-members": False, "show-inheri
 autodoc_typehints = "none"
 napoleon_numpy_docstring = True
 napoleon_google_docstring = True
+napoleon_use_ivar = True  # dataclass Attributes sections: no second description of each field
 suppress_warnings = ["myst.header"]
 nitpicky = False
 
 reference.write_generated(DOCS / "_generated")
+
+_CODE = re.compile(r"(:math:`[^`]*`|``[^`]*``|`[^`]*`)")
+
+
+def _escape_bars(app, what, name, obj, options, lines):  # noqa: ARG001 - Sphinx's hook signature
+    """Docstrings write absolute values as |x| (plain text for a reader of the source); reStructuredText
+    would read them as substitutions. Escape the bars outside code and math."""
+    for i, line in enumerate(lines):
+        if "|" in line and not line.lstrip().startswith(("+", "|")):
+            parts = _CODE.split(line)
+            lines[i] = "".join(p if _CODE.fullmatch(p) else p.replace("|", r"\|") for p in parts)
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _escape_bars)

@@ -59,8 +59,8 @@ def config_reference() -> str:
         out.append("| key | allowed | default | meaning |\n|---|---|---|---|")
         if key == "crystals":
             out.append(f"| `crystals` | {_cell(_allowed(node))} | | {_cell(node.get('description', ''))} |")
-            out.append("\nEach entry of the list form (the sheet's columns are the same fields, see "
-                       "[the crystal sheet](crystals.md)):\n\n| key | allowed | default | meaning |\n|---|---|---|---|")
+            out.append("\nEach entry of the list form (a crystal sheet's columns are the same fields):\n\n"
+                       "| key | allowed | default | meaning |\n|---|---|---|---|")
             rows = _rows(defs["crystal"], "", defs)
         else:
             rows = _rows(node, key, defs)

@@ -20,74 +20,8 @@ K (2 C + R (N_s + 1)) rows. Run-level columns are null in static rows. The 2thet
 key-value metadata; every row's ``intensity`` (Bragg + thermal diffuse)
 and ``intensity_bragg`` (parent Bragg reflections only) are float32 lists on it.
 
-Columns (units in the names or here):
-
-===================== ======== ===================================================
-kind                  string   "snapshot", "average" or "static"
-static_cell           string   static rows: "relaxed" (CHGNet 0 K cell) or "cif" (the input cell); else null
-crystal               string   crystal name from the config
-split                 string   "train", "validation" or "test", per crystal (mdxrd.grid.split_of)
-cif_sha256            string   SHA-256 of the crystal's structure file
-potential             string   the interatomic potential of the row (config potentials, mdxrd.potentials)
-potential_version     string   its package's version (chgnet, sevenn, ...)
-potential_model_sha256  string SHA-256 of its model file (null for a generic calculator without model_file)
-formula               string   reduced formula
-space_group           string   Hermann-Mauguin symbol of the (relaxed) unit cell
-space_group_number    int32
-ensemble              string   nvt_langevin, nvt_berendsen, npt_berendsen
-temperature_K         float64  target temperature (0 for the relaxed static row, null for the CIF one)
-pressure_GPa          float64  target pressure (NPT); null for NVT
-replica               int32
-seed                  int64    the run's random seed
-snapshot              int32    snapshot index in the run; null for averages
-step, time_fs         int64, float64  MD step and time; null for averages
-n_snapshots           int32    snapshots in the run
-T_K                   float64  measured kinetic temperature 2 E_kin / ((3N - 3) k_B) (instantaneous; mean for averages)
-P_GPa                 float64  measured pressure incl. kinetic term (mean for averages)
-a, b, c               float64  parent-cell lattice lengths, Angstrom (supercell / n)
-alpha, beta, gamma    float64  lattice angles, degrees
-volume_A3             float64  parent-cell volume, Angstrom^3
-energy_per_atom_eV    float64  CHGNet potential energy per atom
-tau_corr_fs           float64  velocity autocorrelation time of the run
-interval_too_short    bool     n_interval dt < tau_corr
-lindemann_ratio       float64  sqrt(<|u|^2>)/d_nn of the run (3-D, about the lattice sites)
-melted                bool     lindemann_ratio above snapshots.lindemann_threshold
-equilibrated          bool     the run's sampling window met its targets (mean T; NPT: mean P, volume drift);
-                                 a mean beyond its tolerance but within 3 standard errors is not a miss
-window_T_K            float64  mean kinetic T over the sampling window (steps >= n_equil) of the thermo log
-window_T_sem_K        float64  its standard error (block averaging)
-window_P_GPa          float64  mean pressure over the sampling window
-window_volume_drift   float64  volume change across the sampling window (linear fit), fraction
-window_P_sem_GPa      float64  standard error of window_P_GPa (block averaging)
-window_volume_A3      float64  mean simulation-cell volume over the sampling window
-window_volume_sem_A3  float64  its standard error
-energy_drift_meV_per_atom_ps  float64  slope of E_kin + E_pot over the window (0 within noise when stationary)
-tau_int_E_pot_fs      float64  integrated autocorrelation time of E_pot over the window
-tau_int_u_fs          float64  integrated autocorrelation time of the displacements from the lattice sites
-tau_int_msd_fs        float64  integrated autocorrelation time of their mean square (per step)
-n_independent_snapshots  float64  N_s / max(1, max(tau_int_u_fs, tau_int_msd_fs) / (n_interval dt))
-B_iso                 list<struct<element: string, B_A2: float64, B_sem_A2: float64>>  per element: Debye-Waller
-                                 B = 8 pi^2 <u^2> (Angstrom^2), u the displacements from the lattice sites at
-                                 every step of the sampling window (mdxrd.displacements), and its standard error
-                                 (block averaging of the per-step series); a list of structs, not a map, so that
-                                 Hugging Face datasets reads it
-supercell             list<int32>  (na, nb, nc), as given or chosen by supercell: auto
-device                string   the device the MD ran on (cpu, cuda:0, ...); null for static rows
-n_atoms               int32    atoms in the simulation cell
-instrument            string   name of the instrument condition (config instrument[].name)
-wavelength_A          float64  the condition's (first) source line, Angstrom (K-alpha1 of a doublet)
-instrument_params     struct   the condition's settings: wavelength (as configured), lines_A and
-                                 line_weights (list<float64>), sigma_deg, caglioti [U, V, W] (deg^2),
-                                 lorentzian [X, Y] (deg), eta, size_nm, scherrer_k, strain, zero_shift_deg,
-                                 displacement_mm, goniometer_radius_mm, background (Chebyshev coefficients),
-                                 noise_counts, noise_seed, monochromator_two_theta_deg; null when unset
-intensity             list<float32>  pattern on the 2theta grid, per degree, per parent cell: Bragg
-                                     reflections (the condition's profile) plus thermal diffuse scattering
-                                     as a smooth continuum in |Q| (mdxrd.xrd.diffuse_continuum), plus the
-                                     condition's background and counting noise
-intensity_bragg       list<float32>  same, Bragg reflections of the parent's primitive lattice only, without
-                                     background or noise
-===================== ======== ===================================================
+Columns: :data:`COLUMNS` (name, Arrow type, meaning and unit), the one definition the schema,
+the documentation's column table and the row builders follow.
 
 Metadata keys of ``_common_metadata``: ``mdxrd.config`` (resolved config, YAML),
 ``mdxrd.config_sha256``, ``mdxrd.versions`` (JSON: mdxrd, chgnet, chgnet_model, ase,
@@ -106,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from mdxrd.io import atomic_path, read_json
 
@@ -120,46 +55,98 @@ NORMALIZATION = (
 )
 
 
-def schema() -> Any:
-    """The pyarrow schema of the dataset table (without metadata)."""
-    import pyarrow as pa
+#: The struct type of the ``instrument_params`` column: every field of :class:`mdxrd.xrd.profiles.Instrument`
+#: but the name, and the source's lines.
+INSTRUMENT_PARAMS = pa.struct([
+    ("wavelength", pa.string()), ("lines_A", pa.list_(pa.float64())), ("line_weights", pa.list_(pa.float64())),
+    ("sigma_deg", pa.float64()), ("caglioti", pa.list_(pa.float64())), ("lorentzian", pa.list_(pa.float64())),
+    ("eta", pa.float64()), ("size_nm", pa.float64()), ("scherrer_k", pa.float64()), ("strain", pa.float64()),
+    ("zero_shift_deg", pa.float64()), ("displacement_mm", pa.float64()), ("goniometer_radius_mm", pa.float64()),
+    ("background", pa.list_(pa.float64())), ("noise_counts", pa.float64()), ("noise_seed", pa.int64()),
+    ("monochromator_two_theta_deg", pa.float64()),
+])
 
-    return pa.schema([
-        ("kind", pa.string()), ("crystal", pa.string()), ("split", pa.string()),
-        ("potential", pa.string()), ("potential_version", pa.string()), ("potential_model_sha256", pa.string()),
-        ("cif_sha256", pa.string()), ("formula", pa.string()), ("space_group", pa.string()),
-        ("space_group_number", pa.int32()), ("ensemble", pa.string()), ("temperature_K", pa.float64()),
-        ("pressure_GPa", pa.float64()), ("replica", pa.int32()), ("seed", pa.int64()), ("snapshot", pa.int32()),
-        ("step", pa.int64()), ("time_fs", pa.float64()), ("n_snapshots", pa.int32()), ("T_K", pa.float64()),
-        ("P_GPa", pa.float64()), ("a", pa.float64()), ("b", pa.float64()), ("c", pa.float64()),
-        ("alpha", pa.float64()), ("beta", pa.float64()), ("gamma", pa.float64()), ("volume_A3", pa.float64()),
-        ("energy_per_atom_eV", pa.float64()), ("tau_corr_fs", pa.float64()), ("interval_too_short", pa.bool_()),
-        ("lindemann_ratio", pa.float64()), ("melted", pa.bool_()), ("equilibrated", pa.bool_()),
-        ("window_T_K", pa.float64()), ("window_T_sem_K", pa.float64()), ("window_P_GPa", pa.float64()),
-        ("window_volume_drift", pa.float64()), ("window_P_sem_GPa", pa.float64()),
-        ("window_volume_A3", pa.float64()), ("window_volume_sem_A3", pa.float64()),
-        ("energy_drift_meV_per_atom_ps", pa.float64()), ("tau_int_E_pot_fs", pa.float64()),
-        ("tau_int_u_fs", pa.float64()), ("tau_int_msd_fs", pa.float64()), ("n_independent_snapshots", pa.float64()),
-        ("B_iso", pa.list_(pa.struct([("element", pa.string()), ("B_A2", pa.float64()), ("B_sem_A2", pa.float64())]))),
-        ("static_cell", pa.string()),
-        ("supercell", pa.list_(pa.int32())), ("n_atoms", pa.int32()), ("device", pa.string()),
-        ("instrument", pa.string()), ("wavelength_A", pa.float64()), ("instrument_params", INSTRUMENT_TYPE()),
-        ("intensity", pa.list_(pa.float32())), ("intensity_bragg", pa.list_(pa.float32())),
-    ])
+_B_ISO = pa.list_(pa.struct([("element", pa.string()), ("B_A2", pa.float64()), ("B_sem_A2", pa.float64())]))
+
+#: The dataset's columns, in order: name, Arrow type, meaning (units in the name or here).
+COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("kind", pa.string(), '"snapshot" (one MD snapshot), "average" (a run\'s mean pattern) or "static" (0 K)'),
+    ("crystal", pa.string(), "crystal name from the configuration"),
+    ("split", pa.string(), '"train", "validation" or "test", fixed per crystal (mdxrd.grid.split_of)'),
+    ("potential", pa.string(), "the interatomic potential of the row (config potentials, mdxrd.potentials)"),
+    ("potential_version", pa.string(), "its package's version (chgnet, sevenn, ...)"),
+    ("potential_model_sha256", pa.string(), "SHA-256 of its model file (null for a generic calculator without "
+                                            "model_file)"),
+    ("cif_sha256", pa.string(), "SHA-256 of the crystal's structure file"),
+    ("formula", pa.string(), "reduced formula"),
+    ("space_group", pa.string(), "Hermann-Mauguin symbol of the relaxed unit cell"),
+    ("space_group_number", pa.int32(), "its number, 1-230"),
+    ("ensemble", pa.string(), "nvt_langevin, nvt_berendsen or npt_berendsen; null for static rows"),
+    ("temperature_K", pa.float64(), "target temperature, K (0 for the relaxed static row, null for the CIF one)"),
+    ("pressure_GPa", pa.float64(), "target pressure, GPa (NPT); null for NVT"),
+    ("replica", pa.int32(), "replica index of the run"),
+    ("seed", pa.int64(), "the run's random seed"),
+    ("snapshot", pa.int32(), "snapshot index in the run; null for averages"),
+    ("step", pa.int64(), "MD step of the snapshot; null for averages"),
+    ("time_fs", pa.float64(), "MD time of the snapshot, fs; null for averages"),
+    ("n_snapshots", pa.int32(), "snapshots in the run"),
+    ("T_K", pa.float64(), "measured kinetic temperature 2 E_kin / ((3N - 3) k_B), K (instantaneous; mean of the "
+                          "snapshots for averages)"),
+    ("P_GPa", pa.float64(), "measured pressure including the kinetic term, GPa (mean for averages)"),
+    ("a", pa.float64(), "parent-cell lattice length a, Angstrom (supercell / na; mean for averages)"),
+    ("b", pa.float64(), "parent-cell lattice length b, Angstrom"),
+    ("c", pa.float64(), "parent-cell lattice length c, Angstrom"),
+    ("alpha", pa.float64(), "lattice angle alpha, degrees"),
+    ("beta", pa.float64(), "lattice angle beta, degrees"),
+    ("gamma", pa.float64(), "lattice angle gamma, degrees"),
+    ("volume_A3", pa.float64(), "parent-cell volume, Angstrom^3"),
+    ("energy_per_atom_eV", pa.float64(), "potential energy per atom, eV"),
+    ("tau_corr_fs", pa.float64(), "velocity autocorrelation time of the run, fs"),
+    ("interval_too_short", pa.bool_(), "n_interval dt < tau_corr"),
+    ("lindemann_ratio", pa.float64(), "sqrt(<|u|^2>)/d_nn of the run (3-D, about the lattice sites)"),
+    ("melted", pa.bool_(), "lindemann_ratio above snapshots.lindemann_threshold"),
+    ("equilibrated", pa.bool_(), "the sampling window met its targets (mean T; NPT: mean P and volume drift); a mean "
+                                 "beyond its tolerance but within 3 standard errors is not a miss"),
+    ("window_T_K", pa.float64(), "mean kinetic T over the sampling window (steps >= n_equil), K"),
+    ("window_T_sem_K", pa.float64(), "its standard error (block averaging), K"),
+    ("window_P_GPa", pa.float64(), "mean pressure over the sampling window, GPa"),
+    ("window_volume_drift", pa.float64(), "volume change across the sampling window (linear fit), fraction"),
+    ("window_P_sem_GPa", pa.float64(), "standard error of window_P_GPa (block averaging), GPa"),
+    ("window_volume_A3", pa.float64(), "mean simulation-cell volume over the sampling window, Angstrom^3"),
+    ("window_volume_sem_A3", pa.float64(), "its standard error, Angstrom^3"),
+    ("energy_drift_meV_per_atom_ps", pa.float64(), "slope of E_kin + E_pot over the window (0 within noise when "
+                                                   "stationary)"),
+    ("tau_int_E_pot_fs", pa.float64(), "integrated autocorrelation time of E_pot over the window, fs"),
+    ("tau_int_u_fs", pa.float64(), "integrated autocorrelation time of the displacements from the lattice sites, fs"),
+    ("tau_int_msd_fs", pa.float64(), "integrated autocorrelation time of their mean square (per step), fs"),
+    ("n_independent_snapshots", pa.float64(), "N_s / max(1, max(tau_int_u_fs, tau_int_msd_fs) / (n_interval dt))"),
+    ("B_iso", _B_ISO, "per element: Debye-Waller B = 8 pi^2 <u^2>, Angstrom^2 (B_A2), u the displacements from the "
+                      "lattice sites at every step of the window (mdxrd.displacements), and its block-averaged "
+                      "standard error (B_sem_A2); a list of structs, not a map, so that Hugging Face datasets reads it"),
+    ("static_cell", pa.string(), 'static rows: "relaxed" (the potential\'s 0 K cell) or "cif" (the input cell); '
+                                 "else null"),
+    ("supercell", pa.list_(pa.int32()), "(na, nb, nc), as given or chosen by supercell: auto"),
+    ("n_atoms", pa.int32(), "atoms in the simulation cell"),
+    ("device", pa.string(), "the device the MD ran on (cpu, cuda:0, ...); null for static rows"),
+    ("instrument", pa.string(), "name of the instrument condition (config instrument[].name)"),
+    ("wavelength_A", pa.float64(), "the condition's (first) source line, Angstrom (K-alpha1 of a doublet)"),
+    ("instrument_params", INSTRUMENT_PARAMS, "the condition's settings: wavelength (as configured), lines_A and "
+                                             "line_weights, sigma_deg, caglioti [U, V, W] (deg^2), lorentzian [X, Y] "
+                                             "(deg), eta, size_nm, scherrer_k, strain, zero_shift_deg, displacement_mm, "
+                                             "goniometer_radius_mm, background (Chebyshev coefficients), noise_counts, "
+                                             "noise_seed, monochromator_two_theta_deg; null when unset"),
+    ("intensity", pa.list_(pa.float32()), "pattern on the 2theta grid (metadata mdxrd.two_theta_deg), per degree, per "
+                                          "parent cell: Bragg reflections (the condition's profile) plus thermal diffuse "
+                                          "scattering as a smooth continuum in |Q|, plus the condition's background "
+                                          "and counting noise"),
+    ("intensity_bragg", pa.list_(pa.float32()), "same, Bragg reflections of the parent's primitive lattice only, "
+                                                "without background or noise"),
+)
 
 
-def INSTRUMENT_TYPE() -> Any:  # noqa: N802 - a type, built lazily (pyarrow import)
-    """The struct type of the ``instrument_params`` column: every field of
-    :class:`mdxrd.xrd.profiles.Instrument` but the name, and the source's lines."""
-    import pyarrow as pa
-
-    f64, lst = pa.float64(), pa.list_(pa.float64())
-    return pa.struct([
-        ("wavelength", pa.string()), ("lines_A", lst), ("line_weights", lst), ("sigma_deg", f64),
-        ("caglioti", lst), ("lorentzian", lst), ("eta", f64), ("size_nm", f64), ("scherrer_k", f64), ("strain", f64),
-        ("zero_shift_deg", f64), ("displacement_mm", f64), ("goniometer_radius_mm", f64), ("background", lst),
-        ("noise_counts", f64), ("noise_seed", pa.int64()), ("monochromator_two_theta_deg", f64),
-    ])
+def schema() -> pa.Schema:
+    """The Arrow schema of the dataset table (without metadata), from :data:`COLUMNS`."""
+    return pa.schema([(name, kind) for name, kind, _ in COLUMNS])
 
 
 def instrument_columns(spec: dict[str, Any]) -> dict[str, Any]:
@@ -315,7 +302,6 @@ def write_part(section: dict[str, Any], templates: dict[str, str], out: str | Pa
         A 2theta grid that differs between a crystal's patterns, or a crystal with no run left
         (every run dropped as melted).
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from mdxrd.shard import fill
@@ -461,7 +447,6 @@ def content_hash(path: str | Path) -> str:
     """
     import hashlib
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pq.read_table(_dataset_dir(path)).replace_schema_metadata(None)
