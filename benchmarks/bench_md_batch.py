@@ -8,16 +8,16 @@ Usage::
 For each system and each K, K NVT-Langevin runs at 300 K (replicas: seeds 0 .. K-1, dt 1 fs,
 friction 0.01/fs, no checkpoints) are made three ways, timed in the same invocation:
 
-* batched -- one process (this one, model loaded beforehand), :func:`mdxrd.md.run_md_batch`:
+* batched -- one process (this one, model loaded beforehand), :func:`mdxrd.batch.run_md_batch`:
   each step one CHGNet forward and backward pass for all K runs
   (:meth:`mdxrd.calculator.FastCHGNetCalculator.calculate_batch`; on the CPU one structure per
   pass, which is as fast per atom as any larger batch on one thread; on a GPU the whole batch);
-* per process -- today's one-run-per-job path: K ``python -m mdxrd md`` processes, one at a
-  time (``--parallel P``: P at a time), one torch thread each, so that both paths have one core
-  (and one GPU); the wall time includes process start, imports and model load;
+* per process -- one run per job: K ``python -m mdxrd md`` processes (a shard of one run each),
+  one at a time (``--parallel P``: P at a time), one torch thread each, so that both paths have one
+  core (and one GPU); the wall time includes process start, imports and model load;
 * stock -- chgnet's ``CHGNetCalculator`` with the same driver (:func:`mdxrd.md.run_md`), one run
-  after the other in this process; its throughput does not depend on K, so min(K, 2) runs are
-  timed.
+  after the other in this process, after a warm-up run as the batched path has; its throughput does
+  not depend on K, so min(K, 2) runs are timed.
 
 Throughput = K x N_atoms x steps / wall time (the wall time includes each run's start: velocities,
 the step-0 evaluation). Systems: Si, diamond, 2x2x2 conventional cell, 64 atoms (a = 5.4612 A,
@@ -104,7 +104,7 @@ class StepProfile:
 def batched(name: str, k: int, steps: int, calc, device: str, work: Path) -> dict:
     import torch
 
-    from mdxrd.md import run_md_batch
+    from mdxrd.batch import run_md_batch
 
     atoms = build(name)
     if device.startswith("cuda"):
@@ -131,15 +131,19 @@ def per_process(name: str, k: int, steps: int, device: str, parallel: int, work:
     from ase.io import write
 
     atoms = build(name)
-    cell = work / f"{name}.traj"
-    write(cell, atoms)
+    (work / "structure" / name).mkdir(parents=True, exist_ok=True)
+    write(work / "structure" / name / "supercell.traj", atoms)
     commands = []
     for i, p in enumerate(params(k, steps, device)):
         path = work / f"p{k}_{i}.json"
         fields = {f: getattr(p, f) for f in p.__dataclass_fields__}
-        path.write_text(json.dumps({**fields, "ensemble": p.ensemble.value}))
-        commands.append([sys.executable, "-m", "mdxrd", "md", str(cell), "--out-dir", str(work / f"s{k}_{i}"),
-                         "--params", str(path)])
+        run = {"unit": name, "ensemble": p.ensemble.value, "temperature_K": p.temperature_K, "replica": i,
+               "params": {**fields, "ensemble": p.ensemble.value}}
+        path.write_text(json.dumps({"batches": [[run]]}))
+        commands.append([sys.executable, "-m", "mdxrd", "md", "--params", str(path),
+                         "--supercell", str(work / "structure" / "{unit}" / "supercell.traj"),
+                         "--run-dir", str(work / f"s{k}" / "{unit}" / "r{replica}"),
+                         "--manifest", str(work / f"s{k}_{i}.json")])
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
 
     def one(cmd):
@@ -157,6 +161,7 @@ def stock(name: str, k: int, steps: int, calc, work: Path) -> dict:
 
     atoms = build(name)
     runs = params(min(k, 2), steps, calc.device)
+    run_md(atoms, params(1, 2, calc.device)[0], work / f"stock{k}_warm", calc=calc)  # warm-up, as the batched path
     t0 = time.perf_counter()
     for i, p in enumerate(runs):
         run_md(atoms, p, work / f"stock{k}_{i}", calc=calc)

@@ -144,13 +144,16 @@ def test_wavelength_outside_range(default_raw, monkeypatch):
 
 
 def test_check_cli_exit_codes(tmp_path):
-    good = subprocess.run([sys.executable, "-m", "mdxrd", "check", "config/config.yaml"], cwd=REPO,
+    # in a directory of its own (its checked records go to tmp_path/results, not the repository's)
+    (tmp_path / "config").symlink_to(REPO / "config")
+    good = subprocess.run([sys.executable, "-m", "mdxrd", "check", "config/config.yaml"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
     assert "18 MD run(s)" in good.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text((REPO / "config" / "config.yaml").read_text().replace("timestep_fs: 1.0", "timestep_fs: 9.0"))
-    res = subprocess.run([sys.executable, "-m", "mdxrd", "check", str(bad)], cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "mdxrd", "check", str(bad)], cwd=tmp_path, capture_output=True,
+                         text=True)
     assert res.returncode == 2
     assert "md.timestep_fs: 9.0 is greater than the maximum of 5.0" in res.stderr
     assert "Traceback" not in res.stderr
@@ -181,6 +184,16 @@ def test_shards_and_md_batches(default_raw, monkeypatch):
               for n, c in (("Si", "Si"), ("NaCl", "NaCl"), ("Cu", "Cu"), ("Cu2", "Cu"))]
     more = validate_config({**default_raw, "shards": {"crystals": 2}, "crystals": listed})
     assert shards(more) == {"s000000": ["Si", "NaCl"], "s000001": ["Cu", "Cu2"]}
+
+
+def test_numbers_given_on_the_command_line_are_numbers(default_raw, monkeypatch):
+    # Snakemake hands `--config shards={crystals: 2} md={runtime_ms_per_atom_step: 1.5}` over as strings
+    monkeypatch.chdir(REPO)
+    cfg = validate_config({**default_raw, "shards": {"crystals": "2"},
+                           "md": {**default_raw["md"], "runtime_ms_per_atom_step": "1.5", "n_steps": "400"}})
+    assert (cfg["shards"]["crystals"], cfg["md"]["runtime_ms_per_atom_step"], cfg["md"]["n_steps"]) == (2, 1.5, 400)
+    with pytest.raises(ConfigError, match=re.escape("shards.crystals: 'two' is not of type 'integer'")):
+        validate_config({**default_raw, "shards": {"crystals": "two"}})
 
 
 @pytest.mark.parametrize(("change", "expect"), [

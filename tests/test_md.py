@@ -45,8 +45,12 @@ def test_nvt_mean_temperature_reaches_target(tmp_path, ensemble):
     prod = thermo[thermo.step > params.n_equil]["T_K"].to_numpy()
     sem = _block_sem(prod)
     assert abs(prod.mean() - 300.0) < 4 * sem + 1.0, (prod.mean(), sem)
-    # and it is a thermostat, not a constant: temperature fluctuates
-    assert prod.std() > 5.0
+    # and it is a thermostat, not a constant: T fluctuates by the canonical 300 sqrt(2/(3N - 3)) = 23.7 K under
+    # Langevin (measured 23.2-25.8 K over seeds 11-13); Berendsen's weak coupling damps the spread somewhat
+    # (measured 19.9-25.5 K), and a thermostat that pinned T would give ~0
+    canonical = 300.0 * math.sqrt(2 / (3 * 108 - 3))
+    low, high = (0.8, 1.2) if ensemble == "nvt_langevin" else (0.6, 1.2)
+    assert low * canonical < prod.std() < high * canonical, (prod.std(), canonical)
 
 
 def test_npt_changes_cell_and_nvt_does_not(tmp_path):

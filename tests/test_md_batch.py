@@ -1,4 +1,4 @@
-"""Batched MD (mdxrd.md.run_md_batch): K runs in lockstep with one potential evaluation per step.
+"""Batched MD (mdxrd.batch.run_md_batch): K runs in lockstep with one potential evaluation per step.
 
 Each batched run must be the run alone: the same trajectory (CHGNet: bit for bit; the batched
 forward pass of independent graphs repeats the single pass's arithmetic), the same thermostat and
@@ -21,7 +21,8 @@ from ase.calculators.emt import EMT
 from ase.io import read
 
 from conftest import cu_fcc
-from mdxrd.md import LockstepBatcher, MDParams, run_md, run_md_batch
+from mdxrd.batch import LockstepBatcher, run_md_batch
+from mdxrd.md import MDParams, run_md
 
 
 class FreshEMT(EMT):
@@ -185,6 +186,14 @@ def test_a_run_that_blows_up_fails_alone_and_the_rerun_keeps_its_batch_mates(tmp
     assert run_shard(params, supercell, run_dir, manifest) == 1
     entries = json.loads(manifest.read_text())["entries"]
     assert [e["reused"] for e in sorted(entries, key=lambda e: e["replica"])] == [True, False, True]
+    # where and how a run is executed and logged is not what it samples: those changes keep every run,
+    # a change of what it samples (here the seed of run 0) reruns that run alone
+    for run in params["batches"][0]:
+        run["params"] = {**run["params"], "threads": 2, "progress_interval": 7, "checkpoint_interval": 0,
+                         "device": "cpu"}
+    assert run_shard(params, supercell, run_dir, manifest) == 0
+    params["batches"][0][0]["params"]["seed"] = 4
+    assert run_shard(params, supercell, run_dir, manifest) == 1
 
 
 def test_cli_runs_a_shard_and_names_the_failed_run(tmp_path):

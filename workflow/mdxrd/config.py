@@ -54,6 +54,28 @@ def _allowed(schema: Any) -> str:
     return " ".join(filter(None, [f"{article} {kind}" if kind else "", ", ".join(bounds)]))
 
 
+def _schema() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _numbers_from_command_line(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Turn strings that are numbers into numbers where the schema wants a number (in place), in nested
+    mappings: ``--config shards={crystals: 4}`` or ``md={runtime_ms_per_atom_step: 1}`` (and a profile's
+    ``config:``) reach the workflow as strings, since Snakemake parses nested command-line values with YAML's
+    BaseLoader. Anything else is left for the schema to reject."""
+    for key, sub in schema.get("properties", {}).items():
+        value = config.get(key)
+        if isinstance(value, dict):
+            _numbers_from_command_line(value, sub)
+        elif isinstance(value, str) and sub.get("type") in ("integer", "number"):
+            try:
+                config[key] = int(value) if sub["type"] == "integer" else float(value)
+            except ValueError:
+                pass
+
+
 def _schema_errors(config: dict[str, Any]) -> Iterator[str]:
     """Validate against the JSON schema with snakemake.utils.validate (defaults filled in place)."""
     import jsonschema
@@ -105,11 +127,7 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
     config = copy.deepcopy(config) if config is not None else {}
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the configuration must be a mapping, got {type(config).__name__}")
-    shards = config.get("shards")
-    if isinstance(shards, dict) and isinstance(shards.get("crystals"), str) and shards["crystals"].isdigit():
-        # `--config shards={crystals: 4}` (and a profile's config:) reach us as strings: Snakemake parses nested
-        # command-line values with YAML's BaseLoader
-        shards["crystals"] = int(shards["crystals"])
+    _numbers_from_command_line(config, _schema())
     for err in _schema_errors(config):
         raise ConfigError(f"{source}: {err}")
     spec = config["crystals"]
@@ -182,8 +200,8 @@ def _resolve_potentials(config: dict[str, Any], source: str) -> list[dict[str, A
 
 def _resolve_instruments(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
     """The instrument conditions with xrd.wavelength / xrd.sigma_deg filled in, checked over the
-    2theta range (:meth:`mdxrd.xrd.profiles.Instrument.check`), as plain dicts without None values."""
-    from mdxrd.xrd.profiles import Instrument
+    2theta range (:meth:`mdxrd.xrd.patterns.Instrument.check`), as plain dicts without None values."""
+    from mdxrd.xrd.patterns import Instrument
 
     x = config["xrd"]
     defaults = {"wavelength": x["wavelength"], "sigma_deg": x["sigma_deg"]}

@@ -1,4 +1,4 @@
-"""CHGNet's crystal graph built with NumPy: the same tensors as CHGNet's converter, 4-25x faster.
+"""CHGNet's crystal graph built with NumPy: the same tensors as CHGNet's converter, faster (benchmarks/bench_graph.py).
 
 CHGNet (Deng et al., Nat. Mach. Intell. 5, 1031 (2023)) reads a crystal as two graphs:
 

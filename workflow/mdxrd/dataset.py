@@ -14,9 +14,9 @@ metadata.
 One row per pattern and instrument condition: ``kind = "snapshot"`` (one MD snapshot's
 broadened pattern), ``kind = "average"`` (the run's ensemble average) or ``kind =
 "static"`` (the 0 K pattern of a crystal's relaxed cell or of its CIF cell, atoms at
-rest), each once per condition of ``instrument:`` (:mod:`mdxrd.xrd.profiles`), so a grid
-of C crystals and R runs with N_s snapshots each under K conditions has
-K (2 C + R (N_s + 1)) rows. Run-level columns are null in static rows. The 2theta grid is stored once, in the
+rest), each once per condition of ``instrument:`` (:mod:`mdxrd.xrd.patterns`), so a grid
+of U units (crystal x potential) and R runs in all with N_s snapshots each under K conditions has
+K (2 U + R (N_s + 1)) rows. Run-level columns are null in static rows. The 2theta grid is stored once, in the
 key-value metadata; every row's ``intensity`` (Bragg + thermal diffuse)
 and ``intensity_bragg`` (parent Bragg reflections only) are float32 lists on it.
 
@@ -55,7 +55,7 @@ NORMALIZATION = (
 )
 
 
-#: The struct type of the ``instrument_params`` column: every field of :class:`mdxrd.xrd.profiles.Instrument`
+#: The struct type of the ``instrument_params`` column: every field of :class:`mdxrd.xrd.patterns.Instrument`
 #: but the name, and the source's lines.
 INSTRUMENT_PARAMS = pa.struct([
     ("wavelength", pa.string()), ("lines_A", pa.list_(pa.float64())), ("line_weights", pa.list_(pa.float64())),
@@ -100,7 +100,7 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("beta", pa.float64(), "lattice angle beta, degrees"),
     ("gamma", pa.float64(), "lattice angle gamma, degrees"),
     ("volume_A3", pa.float64(), "parent-cell volume, Angstrom^3"),
-    ("energy_per_atom_eV", pa.float64(), "potential energy per atom, eV"),
+    ("energy_per_atom_eV", pa.float64(), "potential energy per atom of the row's potential, eV"),
     ("tau_corr_fs", pa.float64(), "velocity autocorrelation time of the run, fs"),
     ("interval_too_short", pa.bool_(), "n_interval dt < tau_corr"),
     ("lindemann_ratio", pa.float64(), "sqrt(<|u|^2>)/d_nn of the run (3-D, about the lattice sites)"),
@@ -151,7 +151,7 @@ def schema() -> pa.Schema:
 
 def instrument_columns(spec: dict[str, Any]) -> dict[str, Any]:
     """The ``instrument``, ``wavelength_A`` and ``instrument_params`` values of one condition (a config entry)."""
-    from mdxrd.xrd.profiles import Instrument
+    from mdxrd.xrd.patterns import Instrument
 
     inst = Instrument.from_dict(spec)
     params = inst.to_dict()

@@ -221,7 +221,8 @@ class NPTBerendsenOneForce(NPTBerendsen):
     of the previous step:
 
     1. ``p <- lambda p`` with ``lambda = sqrt(1 + (dt/tau_T)(T0/T - 1))``,
-       ``T = sum_i p_i^2/m_i / (3 N k_B)``; ``lambda`` is clipped to
+       ``T = sum_i p_i^2/m_i / (N_dof k_B)`` (``atoms.get_temperature()``: N_dof = 3N - 3
+       with the centre of mass fixed, 3N without); ``lambda`` is clipped to
        [0.9, 1.1] as in ASE's ``NVTBerendsen``.
     2. ``P = -trace(sigma + sigma_kin)/3`` (virial plus ideal-gas term,
        ``atoms.get_stress(include_ideal_gas=True)``);

@@ -53,8 +53,8 @@ generator, with zero total momentum, rescaled to exactly T. Outputs:
 * ``thermo.csv``: step, time_fs, T_K, E_pot_eV, E_kin_eV, E_tot_eV, P_GPa,
   volume_A3 every ``thermo_interval`` steps (step 0 included). P includes the
   ideal-gas (kinetic) term.
-* ``trajectory.traj`` (ASE): frames at step 0 and every step
-  ``n_equil + k * n_interval`` (k >= 0), with momenta, energy, forces, stress and
+* ``trajectory.traj`` (ASE): frames at step 0 and at every step ``n_equil + k * n_interval``
+  (k an integer, so also before n_equil on the same grid), with momenta, energy, forces, stress and
   ``info`` {step, time_fs}; the snapshots stage keeps those after equilibration.
 * ``velocities.npy``: float64 (n_steps - n_equil + 1, N, 3) velocities in
   Angstrom/fs from step n_equil to n_steps, for the velocity autocorrelation time.
@@ -71,14 +71,11 @@ killed job with the same parameters resumes from it; with one torch thread the
 resumed run is bit-identical to an uninterrupted one. The checkpoint is removed
 once the outputs are written.
 
-Batched runs (:func:`run_md_batch`, ``mdxrd md`` with several ``--out-dir``/``--params``): K runs
-of any ensembles, temperatures, replicas and crystals advance in lockstep, each in its own thread
-running :func:`run_md` unchanged; a :class:`LockstepBatcher` gathers the K energy/force/stress
-requests of a step and makes one potential call for all of them (CHGNet: one batched forward and
-backward pass). A batched run's trajectory equals the run alone to the bit (the batched network
-pass repeats the single pass's arithmetic; tested for CHGNet over 50 steps and EMT over 150). A
-run that blows up leaves the batch and the others go on; when one failed, the finished runs keep a
-checkpoint at their last step, so a rerun of the job writes them again without MD.
+The MD job of a shard (:func:`run_shard`, ``mdxrd md``) runs the shard's runs in lockstep batches
+(:mod:`mdxrd.batch`: one potential call per step for a whole batch; a batched run's trajectory
+equals the run alone to the bit), reuses every run whose outputs carry the stamp of the same
+parameters and start structure, and fails naming the runs that blew up after the others are
+written.
 """
 
 from __future__ import annotations
@@ -91,12 +88,16 @@ import logging
 import math
 import pickle
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase import units
+from ase.io.trajectory import Trajectory
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
+from mdxrd import batch
 from mdxrd.io import atomic_path, load_params, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -379,6 +380,192 @@ def _min_distance(atoms: Any) -> float:
     return float(d.min()) if len(d) else math.inf
 
 
+@dataclass
+class _Records:
+    """What a run gathers as it goes (and a checkpoint holds): thermo rows, the sampling window's velocities,
+    positions and cells, and the trajectory's frames."""
+
+    thermo: list[tuple[float, ...]] = field(default_factory=list)
+    velocities: list[np.ndarray] = field(default_factory=list)
+    window_positions: list[np.ndarray] = field(default_factory=list)
+    window_cells: list[np.ndarray] = field(default_factory=list)
+    frames: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class _Barostat:
+    """An NPT run's cell update (:func:`npt_cell_update`) and the potential's stiffness at the start structure."""
+
+    cell: str = "isotropic"
+    point_group: Any = None
+    label: str = "isotropic"
+    bulk_GPa: float = 0.0
+    compliance: Any = None  # (6, 6) clamped-ion compliance of tensor cells, Angstrom^3/eV
+
+
+def _barostat(atoms: Any, params: MDParams, equilibration: dict[str, Any]) -> _Barostat | None:
+    """The barostat of an NPT run, its figures recorded in ``equilibration``; None for NVT."""
+    if params.ensemble is not Ensemble.NPT_BERENDSEN:
+        return None
+    cell, point_group, label = npt_cell_update(atoms, params.npt_cell)
+    b = _Barostat(cell, point_group, label)
+    if cell == "isotropic":
+        b.bulk_GPa = model_bulk_modulus(atoms, atoms.calc)
+    else:
+        b.compliance = _model_compliance(atoms, atoms.calc)
+        b.bulk_GPa = 1.0 / float(b.compliance[:3, :3].sum()) / units.GPa  # Reuss bound of the clamped-ion constants
+        equilibration["model_linear_compressibility_per_GPa"] = (
+            b.compliance[:3, :3].sum(axis=1) * units.GPa).tolist()  # along Cartesian x, y, z
+    equilibration.update({"npt_cell": label, "model_bulk_modulus_GPa": b.bulk_GPa,
+                          "npt_pre_steps": params.npt_pre_steps, "strong_taup_fs": params.equil_taup_fs})
+    return b
+
+
+def _production_compliance(b: _Barostat | None, params: MDParams) -> Any:
+    """Tensor cells in production: the model's compliance scaled to the configured compressibility, so the
+    volume relaxes as with kappa and every shape mode (c/a, beta) with the same tau_P."""
+    if b is None or b.compliance is None:
+        return None
+    return b.compliance * (params.compressibility_per_GPa / units.GPa) / float(b.compliance[:3, :3].sum())
+
+
+def _pre_equilibrate(dyn: Any, atoms: Any, params: MDParams, b: _Barostat) -> dict[str, float]:
+    """NPT: relax the cell to its volume at T before step 0 (module docstring); returns the volume change
+    and the temperature at its end."""
+    strong = int(STRONG_BAROSTAT_FRACTION * params.npt_pre_steps)
+    volume0 = float(atoms.get_volume())
+    dyn.compressibility = 1.0 / b.bulk_GPa / units.GPa
+    dyn.compliance = b.compliance  # tensor cells: every strain mode with the model's own stiffness
+    for i in range(params.npt_pre_steps):
+        growth = max(0, i - strong) / max(1, params.npt_pre_steps - strong)
+        dyn.taup = params.equil_taup_fs * 10.0**growth * units.fs
+        dyn.step()
+    dyn.taup = params.taup_fs * units.fs
+    dyn.compressibility = params.compressibility_per_GPa / units.GPa
+    dyn.compliance = _production_compliance(b, params)
+    dyn.nsteps = 0
+    return {"pre_volume_change": float(atoms.get_volume()) / volume0 - 1.0,
+            "pre_end_T_K": kinetic_temperature(float(atoms.get_kinetic_energy()), len(atoms))}
+
+
+class _Checkpoint:
+    """The whole state of a run (positions, momenta, cell, step, random generator state, records) in
+    ``checkpoint.pkl``, written atomically; a rerun with the same parameters resumes from it."""
+
+    def __init__(self, out_dir: Path, params: MDParams, n_atoms: int) -> None:
+        self.path = out_dir / "checkpoint.pkl"
+        self.key = {**asdict(params), "ensemble": params.ensemble.value, "n_atoms": n_atoms}
+
+    def load(self, atoms: Any, rng: np.random.Generator, dyn: Any) -> tuple[_Records, dict[str, Any]] | None:
+        """Restore ``atoms``, ``rng`` and ``dyn.nsteps`` from the checkpoint; its records and equilibration
+        figures, or None (no checkpoint, or one of other parameters)."""
+        if not self.path.is_file():
+            return None
+        with open(self.path, "rb") as fh:
+            state = pickle.load(fh)
+        if state["params"] != self.key or "window_positions" not in state:
+            log.warning("ignoring %s: written with other parameters", self.path)
+            return None
+        atoms.set_cell(state["cell"], scale_atoms=False)
+        atoms.set_positions(state["positions"], apply_constraint=False)
+        atoms.set_momenta(state["momenta"], apply_constraint=False)
+        rng.bit_generator.state = state["rng_state"]
+        dyn.nsteps = state["step"]
+        log.info("resuming from %s at step %d", self.path, state["step"])
+        records = _Records(state["thermo"], state["velocities"], state["window_positions"], state["window_cells"],
+                           state["frames"])
+        return records, state["equilibration"]
+
+    def save(self, step: int, atoms: Any, rng: np.random.Generator, records: _Records,
+             equilibration: dict[str, Any]) -> None:
+        state = {"params": self.key, "step": step, "cell": atoms.cell.array.copy(),
+                 "positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
+                 "rng_state": rng.bit_generator.state, "thermo": records.thermo, "velocities": records.velocities,
+                 "window_positions": records.window_positions, "window_cells": records.window_cells,
+                 "frames": records.frames, "equilibration": equilibration}
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _Recorder:
+    """Called after every MD step: the thermo row and its checks, the window's arrays, the trajectory's
+    frames, checkpoints and progress lines."""
+
+    def __init__(self, atoms: Any, dyn: Any, params: MDParams, records: _Records, checkpoint: _Checkpoint,
+                 rng: np.random.Generator, equilibration: dict[str, Any]) -> None:
+        self.atoms, self.dyn, self.params, self.records = atoms, dyn, params, records
+        self.checkpoint, self.rng, self.equilibration = checkpoint, rng, equilibration
+        self.frame_steps = {0, *range(params.n_equil % params.n_interval, params.n_steps + 1, params.n_interval)}
+        self.start = dyn.nsteps
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> None:
+        atoms, params, records = self.atoms, self.params, self.records
+        step = self.dyn.nsteps
+        if step % params.thermo_interval == 0 or step == params.n_steps:
+            records.thermo.append(self.thermo_row(step))
+        if step >= params.n_equil:
+            records.velocities.append(atoms.get_velocities() * units.fs)  # Angstrom/fs
+            records.window_positions.append(atoms.get_positions())
+            records.window_cells.append(atoms.cell.array.copy())
+        if step in self.frame_steps:
+            frame = atoms.copy()
+            frame.info = {"step": step, "time_fs": step * params.timestep_fs}
+            frame.calc = _single_point(atoms)
+            records.frames.append(frame)
+        if params.checkpoint_interval and 0 < step < params.n_steps and step % params.checkpoint_interval == 0:
+            self.checkpoint.save(step, atoms, self.rng, records, self.equilibration)
+        if step > self.start and (step % params.progress_interval == 0 or step == params.n_steps):
+            self.progress(step)
+
+    def thermo_row(self, step: int) -> tuple[float, ...]:
+        """step, time_fs, T_K, E_pot, E_kin, E_tot (eV), P_GPa, volume_A3; MDError when the run blew up."""
+        atoms, params = self.atoms, self.params
+        e_pot = float(atoms.get_potential_energy())
+        e_kin = float(atoms.get_kinetic_energy())
+        temp = kinetic_temperature(e_kin, len(atoms))
+        pressure = float(-atoms.get_stress(include_ideal_gas=True)[:3].mean() / units.GPa)
+        if not (math.isfinite(e_pot) and math.isfinite(temp)):
+            raise MDError(f"step {step}: energy or temperature is NaN/inf (E_pot={e_pot}, T={temp})")
+        if temp > params.max_temperature_ratio * params.temperature_K:
+            raise MDError(f"step {step}: temperature {temp:.1f} K ran away (> {params.max_temperature_ratio:g}"
+                          f" x target {params.temperature_K:g} K)")
+        dmin = _min_distance(atoms) if step % DISTANCE_CHECK_INTERVAL == 0 else math.inf
+        if dmin < params.min_distance_A:
+            raise MDError(f"step {step}: atoms {dmin:.3f} A apart (< {params.min_distance_A} A)")
+        return (step, step * params.timestep_fs, temp, e_pot, e_kin, e_pot + e_kin, pressure,
+                float(atoms.get_volume()))
+
+    def progress(self, step: int) -> None:
+        """One log line: where the run is, its instantaneous T, P, V and speed, and the time left."""
+        atoms, params = self.atoms, self.params
+        elapsed = time.perf_counter() - self.t0
+        rate = (step - self.start) / elapsed if elapsed > 0 else math.inf
+        stress = atoms.get_stress(include_ideal_gas=True)
+        log.info("step %d/%d  T %.1f K  P %.3f GPa  V %.2f A^3  %.2f steps/s  ETA %.0f s", step, params.n_steps,
+                 kinetic_temperature(float(atoms.get_kinetic_energy()), len(atoms)),
+                 float(-stress[:3].mean() / units.GPa), float(atoms.get_volume()), rate,
+                 (params.n_steps - step) / rate if rate > 0 else math.inf)
+
+
+def _write_outputs(out_dir: Path, params: MDParams, records: _Records) -> None:
+    """thermo.csv, velocities.npy, positions.npz and trajectory.traj, each atomically."""
+    with atomic_path(out_dir / "thermo.csv") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "time_fs", "T_K", "E_pot_eV", "E_kin_eV", "E_tot_eV", "P_GPa", "volume_A3"])
+        w.writerows([(int(r[0]), *(repr(float(x)) for x in r[1:])) for r in records.thermo])
+    with atomic_path(out_dir / "velocities.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(records.velocities, dtype=np.float64))
+    with atomic_path(out_dir / "positions.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, steps=np.arange(params.n_equil, params.n_steps + 1),
+                 positions_A=np.asarray(records.window_positions, dtype=np.float64),
+                 cells_A=np.asarray(records.window_cells, dtype=np.float64))
+    with atomic_path(out_dir / "trajectory.traj") as tmp:
+        with Trajectory(str(tmp), "w") as traj:
+            for frame in records.frames:
+                traj.write(frame)
+
+
 def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None = None,
            stamp: str | None = None) -> dict[str, Any]:
     """Run one MD simulation of ``atoms`` and write its outputs into ``out_dir``.
@@ -411,10 +598,7 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         ``DISTANCE_CHECK_INTERVAL`` steps); NaN and runaway are checked at every thermo step;
         the message names the step. Nothing is written into ``out_dir`` then.
     """
-    import torch
-    from ase import units
-    from ase.io.trajectory import Trajectory
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+    import torch  # the potential's library: imported where a run starts (mdxrd check and the CLI stay light)
 
     from mdxrd.calculator import resolve_device
     from mdxrd.potentials import DEFAULT as DEFAULT_POTENTIAL
@@ -429,153 +613,39 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         "start_temperature_K": params.start_temperature_factor * params.temperature_K,
         "degrees_of_freedom": degrees_of_freedom(n),
     }
-    npt = params.ensemble is Ensemble.NPT_BERENDSEN
-    cell, point_group, compliance = "isotropic", None, None
-    if npt:
-        cell, point_group, label = npt_cell_update(atoms, params.npt_cell)
-        if cell == "isotropic":
-            bulk = model_bulk_modulus(atoms, atoms.calc)
-        else:
-            compliance = _model_compliance(atoms, atoms.calc)
-            bulk = 1.0 / float(compliance[:3, :3].sum()) / units.GPa  # Reuss bound of the clamped-ion constants
-            equilibration["model_linear_compressibility_per_GPa"] = (
-                compliance[:3, :3].sum(axis=1) * units.GPa).tolist()  # along Cartesian x, y, z
-        equilibration.update({"npt_cell": label, "model_bulk_modulus_GPa": bulk,
-                              "npt_pre_steps": params.npt_pre_steps, "strong_taup_fs": params.equil_taup_fs})
+    barostat = _barostat(atoms, params, equilibration)
+    # set-up: velocities at start_temperature_factor x T (equipartition brings the crystal to T), the integrator
     rng = np.random.default_rng(params.seed)
     start_T = params.start_temperature_factor * params.temperature_K
     thermalize_momenta(atoms, start_T, rng=rng)
     Stationary(atoms)
     _rescale_to(atoms, start_T)
-    # Production, tensor cells: the model's compliance scaled to the configured compressibility, so the
-    # volume relaxes as with kappa and every shape mode (c/a, beta) with the same tau_P.
-    production_compliance = None if compliance is None else \
-        compliance * (params.compressibility_per_GPa / units.GPa) / float(compliance[:3, :3].sum())
-    dyn = make_dynamics(atoms, params, rng, cell=cell, point_group=point_group)
-    dyn.compliance = production_compliance
-
-    def pre_equilibrate() -> None:
-        """NPT: relax the cell to its volume at T before step 0 (see module docstring)."""
-        strong = int(STRONG_BAROSTAT_FRACTION * params.npt_pre_steps)
-        volume0 = float(atoms.get_volume())
-        dyn.compressibility = 1.0 / bulk / units.GPa
-        dyn.compliance = compliance  # tensor cells: every strain mode with the model's own stiffness
-        for i in range(params.npt_pre_steps):
-            growth = max(0, i - strong) / max(1, params.npt_pre_steps - strong)
-            dyn.taup = params.equil_taup_fs * 10.0**growth * units.fs
-            dyn.step()
-        dyn.taup = params.taup_fs * units.fs
-        dyn.compressibility = params.compressibility_per_GPa / units.GPa
-        dyn.compliance = production_compliance
-        dyn.nsteps = 0
-        equilibration.update({"pre_volume_change": float(atoms.get_volume()) / volume0 - 1.0,
-                              "pre_end_T_K": kinetic_temperature(float(atoms.get_kinetic_energy()), n)})
-
-    frame_steps = {0, *range(params.n_equil % params.n_interval, params.n_steps + 1, params.n_interval)}
-    thermo: list[tuple[float, ...]] = []
-    velocities: list[np.ndarray] = []
-    window_positions: list[np.ndarray] = []
-    window_cells: list[np.ndarray] = []
-    frames: list[Any] = []
-    checkpoint = out_dir / "checkpoint.pkl"
-    key = {**asdict(params), "ensemble": params.ensemble.value, "n_atoms": n}
-    if checkpoint.is_file():
-        with open(checkpoint, "rb") as fh:
-            state = pickle.load(fh)
-        if state["params"] == key and "window_positions" in state:
-            atoms.set_cell(state["cell"], scale_atoms=False)
-            atoms.set_positions(state["positions"], apply_constraint=False)
-            atoms.set_momenta(state["momenta"], apply_constraint=False)
-            rng.bit_generator.state = state["rng_state"]
-            thermo, velocities, frames = state["thermo"], state["velocities"], state["frames"]
-            window_positions, window_cells = state["window_positions"], state["window_cells"]
-            dyn.nsteps = state["step"]
-            equilibration = state["equilibration"]
-            log.info("resuming from %s at step %d", checkpoint, state["step"])
-        else:
-            log.warning("ignoring %s: written with other parameters", checkpoint)
-
-    def write_checkpoint(step: int) -> None:
-        state = {"params": key, "step": step, "cell": atoms.cell.array.copy(),
-                 "positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
-                 "rng_state": rng.bit_generator.state, "thermo": thermo, "velocities": velocities,
-                 "window_positions": window_positions, "window_cells": window_cells,
-                 "frames": frames, "equilibration": equilibration}
-        with atomic_path(checkpoint) as tmp, open(tmp, "wb") as fh:
-            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def observe() -> None:
-        step = dyn.nsteps
-        if step % params.thermo_interval == 0 or step == params.n_steps:
-            e_pot = float(atoms.get_potential_energy())
-            e_kin = float(atoms.get_kinetic_energy())
-            temp = kinetic_temperature(e_kin, n)
-            stress = atoms.get_stress(include_ideal_gas=True)
-            pressure = float(-stress[:3].mean() / units.GPa)
-            if not (math.isfinite(e_pot) and math.isfinite(temp)):
-                raise MDError(f"step {step}: energy or temperature is NaN/inf (E_pot={e_pot}, T={temp})")
-            if temp > params.max_temperature_ratio * params.temperature_K:
-                raise MDError(f"step {step}: temperature {temp:.1f} K ran away (> {params.max_temperature_ratio:g}"
-                              f" x target {params.temperature_K:g} K)")
-            dmin = _min_distance(atoms) if step % DISTANCE_CHECK_INTERVAL == 0 else math.inf
-            if dmin < params.min_distance_A:
-                raise MDError(f"step {step}: atoms {dmin:.3f} A apart (< {params.min_distance_A} A)")
-            thermo.append((step, step * params.timestep_fs, temp, e_pot, e_kin, e_pot + e_kin, pressure,
-                           float(atoms.get_volume())))
-        if step >= params.n_equil:
-            velocities.append(atoms.get_velocities() * units.fs)  # Angstrom/fs
-            window_positions.append(atoms.get_positions())
-            window_cells.append(atoms.cell.array.copy())
-        if step in frame_steps:
-            frame = atoms.copy()
-            frame.info = {"step": step, "time_fs": step * params.timestep_fs}
-            frame.calc = _single_point(atoms)
-            frames.append(frame)
-        if params.checkpoint_interval and 0 < step < params.n_steps and step % params.checkpoint_interval == 0:
-            write_checkpoint(step)
-        if step > start and (step % params.progress_interval == 0 or step == params.n_steps):
-            log_progress(step)
-
-    def log_progress(step: int) -> None:
-        """One log line: where the run is, its instantaneous T, P, V and speed, and the time left."""
-        elapsed = time.perf_counter() - t0
-        rate = (step - start) / elapsed if elapsed > 0 else math.inf
-        stress = atoms.get_stress(include_ideal_gas=True)
-        log.info("step %d/%d  T %.1f K  P %.3f GPa  V %.2f A^3  %.2f steps/s  ETA %.0f s", step, params.n_steps,
-                 kinetic_temperature(float(atoms.get_kinetic_energy()), n), float(-stress[:3].mean() / units.GPa),
-                 float(atoms.get_volume()), rate, (params.n_steps - step) / rate if rate > 0 else math.inf)
-
-    if npt and dyn.nsteps == 0:
-        log.info("NPT pre-equilibration: %d steps, model bulk modulus %.1f GPa", params.npt_pre_steps, bulk)
-        pre_equilibrate()
-    dyn.attach(observe, interval=1)
-    t0 = time.perf_counter()
+    dyn = make_dynamics(atoms, params, rng, cell=barostat.cell if barostat else "isotropic",
+                        point_group=barostat.point_group if barostat else None)
+    dyn.compliance = _production_compliance(barostat, params)
+    checkpoint = _Checkpoint(out_dir, params, n)
+    records = _Records()
+    resumed = checkpoint.load(atoms, rng, dyn)
+    if resumed is not None:
+        records, equilibration = resumed
+    if barostat is not None and dyn.nsteps == 0:
+        log.info("NPT pre-equilibration: %d steps, model bulk modulus %.1f GPa", params.npt_pre_steps,
+                 barostat.bulk_GPa)
+        equilibration.update(_pre_equilibrate(dyn, atoms, params, barostat))
+    recorder = _Recorder(atoms, dyn, params, records, checkpoint, rng, equilibration)
+    dyn.attach(recorder, interval=1)
     start = dyn.nsteps
     log.info("%s %g K, %d atoms: steps %d to %d", params.ensemble.value, params.temperature_K, n, start,
              params.n_steps)
     try:
         dyn.run(params.n_steps - start)
     except MDError:
-        checkpoint.unlink(missing_ok=True)  # a run that blew up is not resumed
+        checkpoint.path.unlink(missing_ok=True)  # a run that blew up is not resumed
         raise
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - recorder.t0
     log.info("%s %g K: %d steps of %d atoms in %.1f s (%.3f s/step)", params.ensemble.value,
              params.temperature_K, params.n_steps - start, n, wall, wall / max(1, params.n_steps - start))
-
-    with atomic_path(out_dir / "thermo.csv") as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["step", "time_fs", "T_K", "E_pot_eV", "E_kin_eV", "E_tot_eV", "P_GPa", "volume_A3"])
-        w.writerows([(int(r[0]), *(repr(float(x)) for x in r[1:])) for r in thermo])
-    with atomic_path(out_dir / "velocities.npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.asarray(velocities, dtype=np.float64))
-    with atomic_path(out_dir / "positions.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, steps=np.arange(params.n_equil, params.n_steps + 1),
-                 positions_A=np.asarray(window_positions, dtype=np.float64),
-                 cells_A=np.asarray(window_cells, dtype=np.float64))
-    with atomic_path(out_dir / "trajectory.traj") as tmp:
-        with Trajectory(str(tmp), "w") as traj:
-            for frame in frames:
-                traj.write(frame)
+    _write_outputs(out_dir, params, records)
     record = {
         "params": {**asdict(params), "ensemble": params.ensemble.value},
         "n_atoms": n,
@@ -591,231 +661,8 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         "stamp": stamp,
     }
     write_json(out_dir / "run.json", record)
-    checkpoint.unlink(missing_ok=True)
+    checkpoint.path.unlink(missing_ok=True)
     return record
-
-
-class LockstepBatcher:
-    """One potential evaluation for K MD runs that advance in lockstep.
-
-    Every run is a thread executing :func:`run_md` unchanged (same integrators, seeds, checks,
-    checkpoints) with :meth:`calculator` as its ASE calculator. A run's energy/force/stress call
-    blocks until every run still in the batch has made its own; the last run to call has all of
-    them evaluated with one call of ``evaluate`` (for CHGNet one batched forward and backward pass,
-    :meth:`mdxrd.calculator.FastCHGNetCalculator.calculate_batch`) and hands each run its result.
-    The runs' own work between calls (integrator, thermo, checks) is NumPy on arrays of N atoms.
-    A run that finishes or fails leaves the batch (:meth:`leave`) and the others go on without it.
-
-    Parameters
-    ----------
-    evaluate
-        Maps a list of K ASE Atoms to K result dicts (``energy``, ``free_energy`` in eV,
-        ``forces`` (N_k, 3) eV/Angstrom, ``stress`` Voigt eV/Angstrom^3).
-    n_runs
-        Number of runs (threads) that will call; run indices are 0 .. n_runs - 1.
-    name
-        The calculator name recorded in run.json.
-
-    Attributes
-    ----------
-    batch_sizes : list of int
-        The number of structures of every evaluation made, in order.
-    """
-
-    def __init__(self, evaluate: Any, n_runs: int, name: str = "batched") -> None:
-        import threading
-
-        self._evaluate = evaluate
-        self._cond = threading.Condition()
-        self._active = set(range(n_runs))
-        self._pending: dict[int, Any] = {}
-        self._results: dict[int, Any] = {}
-        self.name = name
-        self.n_runs = n_runs
-        self.batch_sizes: list[int] = []
-
-    def calculator(self, run: int) -> Any:
-        """The ASE calculator of run ``run``: its calls go through the batch."""
-        from ase.calculators.calculator import Calculator, all_changes
-
-        batcher = self
-
-        class BatchMemberCalculator(Calculator):
-            implemented_properties = ("energy", "free_energy", "forces", "stress")
-            calculator_name = batcher.name
-            batch_size = batcher.n_runs
-
-            def calculate(self, atoms=None, properties=None, system_changes=all_changes):
-                super().calculate(atoms, properties, system_changes)
-                self.results = batcher.submit(run, self.atoms)
-
-            def check_state(self, atoms, tol=1e-15):
-                # exact comparison: ASE's np.allclose of every array costs ~1 ms per MD step,
-                # CPU time a batch of K runs pays K times while the device waits
-                old = self.atoms
-                if old is None:
-                    return list(all_changes)
-                return [name for name, a, b in (("positions", old.positions, atoms.positions),
-                                                ("numbers", old.numbers, atoms.numbers),
-                                                ("cell", old.cell.array, atoms.cell.array),
-                                                ("pbc", old.pbc, atoms.pbc))
-                        if a.shape != b.shape or not np.array_equal(a, b)]
-
-        return BatchMemberCalculator()
-
-    def submit(self, run: int, atoms: Any) -> dict[str, Any]:
-        """Evaluate ``atoms`` for run ``run`` together with the other runs' pending structures.
-
-        Raises
-        ------
-        Exception
-            What evaluating this run's structure raised (alone: a failing batch is evaluated
-            again structure by structure, so an error reaches only the run that caused it).
-        """
-        with self._cond:
-            self._pending[run] = atoms
-            self._evaluate_when_all_pending()
-            while run not in self._results:
-                self._cond.wait()
-            result = self._results.pop(run)
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def leave(self, run: int) -> None:
-        """Run ``run`` is finished or failed: the batch no longer waits for it."""
-        with self._cond:
-            self._active.discard(run)
-            self._evaluate_when_all_pending()
-
-    def _evaluate_when_all_pending(self) -> None:
-        # Called with the lock held. The other active runs are all waiting in submit().
-        if not self._pending or len(self._pending) < len(self._active):
-            return
-        runs = sorted(self._pending)
-        structures = [self._pending.pop(r) for r in runs]
-        self.batch_sizes.append(len(runs))
-        try:
-            results: list[Any] = list(self._evaluate(structures))
-        except Exception:
-            results = []
-            for atoms in structures:
-                try:
-                    results.extend(self._evaluate([atoms]))
-                except Exception as err:  # noqa: BLE001 - handed to the run that owns the structure
-                    results.append(err)
-        self._results.update(zip(runs, results))
-        self._cond.notify_all()
-
-
-def batch_evaluator(calc: Any) -> Any:
-    """``evaluate(list of Atoms) -> list of result dicts`` for :class:`LockstepBatcher`.
-
-    ``calc.calculate_batch`` where the calculator has one (mdxrd's fast CHGNet: one batched
-    forward pass); any other ASE calculator evaluates the structures one after the other.
-    """
-    if hasattr(calc, "calculate_batch"):
-        return calc.calculate_batch
-
-    def one_by_one(structures: list[Any]) -> list[dict[str, Any]]:
-        from ase.calculators.calculator import all_changes
-
-        results = []
-        for atoms in structures:
-            calc.calculate(atoms.copy(), ["energy", "forces", "stress"], all_changes)
-            results.append({k: calc.results[k] for k in ("energy", "free_energy", "forces", "stress")
-                            if k in calc.results})
-        return results
-
-    return one_by_one
-
-
-_RUN_THREAD = "md-run:"
-
-
-def _set_torch_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
-
-
-class _RunTag(logging.Filter):
-    """Prefix the log records of a batched run's thread with the run's output directory."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.threadName.startswith(_RUN_THREAD):
-            record.msg = f"[{record.threadName[len(_RUN_THREAD):]}] {record.msg}"
-        return True
-
-
-def run_md_batch(runs: list[tuple[Any, MDParams, str | Path]], calc: Any | None = None,
-                 stamps: list[str | None] | None = None) -> list[dict[str, Any] | BaseException]:
-    """Run K MD simulations in lockstep, one potential evaluation per step for all of them.
-
-    Each run is :func:`run_md` in its own thread with a :class:`LockstepBatcher` calculator, so
-    its trajectory, outputs, checkpoints and errors are those of the run alone; only the
-    potential evaluations are batched. Runs may mix ensembles, temperatures, replicas and
-    crystals. A run that blows up (:class:`MDError`) or fails otherwise leaves the batch and the
-    others go on; their outputs are written (a shard job's rerun reuses them by their stamps).
-
-    Parameters
-    ----------
-    runs
-        K tuples (atoms, params, out_dir) as taken by :func:`run_md`.
-    calc
-        The potential shared by all runs; None: ``make_potential`` of the first run's
-        potential, device and calculator (all runs share them and ``threads``).
-    stamps
-        Per run, the stamp its run.json records (:func:`run_md`); None: none.
-
-    Returns
-    -------
-    list
-        Per run, in order: its run.json record, or the exception that ended it.
-    """
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from mdxrd.potentials import make_potential
-
-    first = runs[0][1]
-    if calc is None:
-        calc = make_potential(first.potential, first.device, first.calculator)
-    # Every evaluation in one thread with `threads` torch threads: an OpenMP team per calling
-    # thread would otherwise spin on the cores the batch shares.
-    evaluator = ThreadPoolExecutor(1, initializer=_set_torch_threads, initargs=(first.threads,),
-                                   thread_name_prefix="md-evaluate")
-    evaluate = batch_evaluator(calc)
-    batcher = LockstepBatcher(lambda structures: evaluator.submit(evaluate, structures).result(), len(runs),
-                              name=type(calc).__name__)
-    outcomes: list[Any] = [None] * len(runs)
-
-    def one(i: int) -> None:
-        atoms, params, out_dir = runs[i]
-        try:
-            outcomes[i] = run_md(atoms, params, out_dir, calc=batcher.calculator(i),
-                                 stamp=stamps[i] if stamps else None)
-        except BaseException as err:  # noqa: BLE001 - reported per run by the caller
-            outcomes[i] = err
-            log.error("run %d (%s) failed: %s", i, out_dir, err)
-        finally:
-            batcher.leave(i)
-
-    workers = [threading.Thread(target=one, args=(i,), name=f"{_RUN_THREAD}{out_dir}")
-               for i, (_, _, out_dir) in enumerate(runs)]
-    tag = _RunTag()
-    log.addFilter(tag)  # each log line of a run names it: "[results/md/Si/nvt_langevin/300K/r0] step 50/500 ..."
-    try:
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-    finally:
-        log.removeFilter(tag)
-        evaluator.shutdown()
-    log.info("%d runs, %d batched evaluations, mean batch %.1f structures", len(runs), len(batcher.batch_sizes),
-             sum(batcher.batch_sizes) / max(1, len(batcher.batch_sizes)))
-    return outcomes
 
 
 def _single_point(atoms: Any) -> Any:
@@ -830,6 +677,18 @@ def _single_point(atoms: Any) -> Any:
 FILES = ("thermo.csv", "trajectory.traj", "velocities.npy", "positions.npz", "run.json")
 
 
+#: MDParams fields that say where and how a run is executed and logged, not what it samples: a change of
+#: them keeps finished runs (each run's run.json records its device and threads).
+EXECUTION_FIELDS = ("device", "threads", "progress_interval", "checkpoint_interval")
+
+
+def run_stamp(params: dict[str, Any], structure_sha256: str) -> str:
+    """The stamp of a run: its parameters other than :data:`EXECUTION_FIELDS` and its start structure's SHA-256."""
+    from mdxrd.shard import stamp
+
+    return stamp({k: v for k, v in params.items() if k not in EXECUTION_FIELDS}, structure_sha256)
+
+
 def _legacy_run(out_dir: Path, params: MDParams) -> bool:
     """A finished run of mdxrd before shards (run.json without a stamp) with exactly these parameters and every
     file of :data:`FILES`: reused, with a log line (its start structure is the relax stage's, which is
@@ -840,7 +699,8 @@ def _legacy_run(out_dir: Path, params: MDParams) -> bool:
         return False
     if record.get("stamp") is not None or not all((out_dir / f).is_file() for f in FILES):
         return False
-    if record.get("params") != {**asdict(params), "ensemble": params.ensemble.value}:
+    recorded, wanted = record.get("params") or {}, {**asdict(params), "ensemble": params.ensemble.value}
+    if any(recorded.get(k) != v for k, v in wanted.items() if k not in EXECUTION_FIELDS):
         return False
     log.info("reusing %s: a run of mdxrd before shards with the same parameters", out_dir)
     return True
@@ -862,10 +722,12 @@ def run_shard(params: dict[str, Any], supercell_template: str, run_template: str
     manifest
         The shard's manifest (:func:`mdxrd.shard.write_manifest`), written when every run succeeded.
 
+    Notes
+    -----
     A run is reused when its run.json carries the stamp of its parameters and start structure
     and all its files exist (a shard whose membership changed, or the rerun of a job in which a
     run failed, runs MD only for the others). The rest run batch by batch, each batch in lockstep
-    (:func:`run_md_batch`; alone: :func:`run_md`).
+    (:func:`mdxrd.batch.run_md_batch`; alone: :func:`run_md`).
 
     Returns
     -------
@@ -885,9 +747,9 @@ def run_shard(params: dict[str, Any], supercell_template: str, run_template: str
     entries, failures, made = [], [], 0
     structures: dict[str, tuple[Any, str]] = {}
     total = sum(len(b) for b in params["batches"])
-    for batch in params["batches"]:
+    for runs in params["batches"]:
         todo = []
-        for run in batch:
+        for run in runs:
             fields = {"unit": run["unit"], "ensemble": run["ensemble"],
                       "temperature": f"{float(run['temperature_K']):g}", "replica": run["replica"]}
             out_dir = fill(run_template, **fields)
@@ -895,23 +757,26 @@ def run_shard(params: dict[str, Any], supercell_template: str, run_template: str
                 path = fill(supercell_template, unit=run["unit"])
                 structures[run["unit"]] = (read(str(path)), file_sha256(path))
             atoms, sha = structures[run["unit"]]
-            run_stamp = stamp(run["params"], sha)
+            this_stamp = run_stamp(run["params"], sha)
             entry = {**fields, "dir": str(out_dir)}
-            if is_current(out_dir / "run.json", run_stamp, (out_dir / f for f in FILES)) or \
+            files = [out_dir / f for f in FILES]
+            # the second stamp is that of mdxrd before EXECUTION_FIELDS left the stamp (all parameters)
+            if is_current(out_dir / "run.json", this_stamp, files) or \
+                    is_current(out_dir / "run.json", stamp(run["params"], sha), files) or \
                     _legacy_run(out_dir, MDParams(**run["params"])):
                 entries.append({**entry, "reused": True})
                 continue
-            todo.append((atoms, MDParams(**run["params"]), out_dir, run_stamp, entry))
+            todo.append((atoms, MDParams(**run["params"]), out_dir, this_stamp, entry))
         if not todo:
             continue
         if len(todo) == 1:
-            atoms, p, out_dir, run_stamp, entry = todo[0]
+            atoms, p, out_dir, one_stamp, entry = todo[0]
             try:
-                outcomes: list[Any] = [run_md(atoms, p, out_dir, stamp=run_stamp)]
+                outcomes: list[Any] = [run_md(atoms, p, out_dir, stamp=one_stamp)]
             except Exception as err:  # noqa: BLE001 - reported with the shard's failures
                 outcomes = [err]
         else:
-            outcomes = run_md_batch([(a, p, d) for a, p, d, _, _ in todo], stamps=[t[3] for t in todo])
+            outcomes = batch.run_md_batch([(a, p, d) for a, p, d, _, _ in todo], stamps=[t[3] for t in todo])
         for (_, _, out_dir, _, entry), outcome in zip(todo, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 failures.append(f"{out_dir}: {outcome}")

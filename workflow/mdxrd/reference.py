@@ -140,14 +140,14 @@ def static_pattern(structure: Any, grid: np.ndarray, instruments: Sequence[Any])
     grid
         (n_grid,) uniform 2theta grid, degrees.
     instruments
-        Conditions (:class:`mdxrd.xrd.profiles.Instrument` or config mappings).
+        Conditions (:class:`mdxrd.xrd.patterns.Instrument` or config mappings).
 
     Returns
     -------
     (observed, clean)
         (n_cond, n_grid) float64 each, intensity per degree 2theta per cell (electrons^2), all
         Bragg: with the condition's background and noise, and without
-        (:func:`mdxrd.xrd.profiles.powder_pattern`, :func:`mdxrd.xrd.profiles.observed_pattern`).
+        (:func:`mdxrd.xrd.patterns.powder_pattern`, :func:`mdxrd.xrd.patterns.observed_pattern`).
     """
     from mdxrd.xrd import diffract_structure, instruments_of, kernel_settings, observed_pattern, powder_pattern
 

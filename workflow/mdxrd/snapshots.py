@@ -117,8 +117,8 @@ def correlation_time(vacf: np.ndarray, dt_fs: float, threshold: float = math.exp
     """Envelope decay time of a normalised VACF, fs.
 
     Returns ``(tau_fs, resolved)``: tau is the smallest lag t such that
-    |C(t')| < threshold for every t' >= t in ``vacf``; ``resolved`` is False when
-    |C| is still above the threshold at the last lag (tau is then a lower bound,
+    :math:`|C(t')|` < threshold for every t' >= t in ``vacf``; ``resolved`` is False when
+    :math:`|C|` is still above the threshold at the last lag (tau is then a lower bound,
     the last lag).
     """
     above = np.flatnonzero(np.abs(vacf) >= threshold)

@@ -89,11 +89,12 @@ def md_mem_mb(wildcards, attempt):
 
 
 def md_runtime(wildcards, attempt):
-    """Minutes for the shard's MD batches one after the other: 1.5-10 ms per atom and step on one CPU thread
-    (Si 64 atoms 0.1 s/step, Cu 32 atoms 0.2, Al2O3 240 atoms 2.3); 20 ms per atom-step and run leaves room."""
-    steps = config["md"]["n_steps"]
-    return attempt * sum(10 + int(0.02 * max(grid.supercell_atoms(grid.unit(config, r.unit)) for r in b) * steps
-                                  * len(b) / 60) for b in grid.md_batches(config, wildcards.shard))
+    """Minutes for the shard's MD batches one after the other, md.runtime_ms_per_atom_step per atom, step and
+    run (default 20: one CPU thread takes 1.5-10 ms; Si 64 atoms 0.1 s/step, Cu 32 atoms 0.2, Al2O3 240 atoms
+    2.3), plus 10 per batch."""
+    steps, ms = config["md"]["n_steps"], config["md"]["runtime_ms_per_atom_step"]
+    return attempt * sum(10 + int(ms * max(grid.supercell_atoms(grid.unit(config, r.unit)) for r in b) * steps
+                                  * len(b) / 60_000) for b in grid.md_batches(config, wildcards.shard))
 
 
 def shard_n_runs(wildcards):

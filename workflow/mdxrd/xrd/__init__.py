@@ -1,8 +1,8 @@
 """Powder X-ray diffraction: the kernel, instrument and sample profiles, the workflow stage and its CLI.
 
-* :mod:`mdxrd.xrd.kernel`: reflections of a batch of snapshots (structure factors,
+* :mod:`mdxrd.xrd.reflections`: the reflections of a batch of snapshots (structure factors,
   Lorentz-polarization, Bragg/diffuse split), equal to pymatgen's ``XRDCalculator``.
-* :mod:`mdxrd.xrd.profiles`: instrument and sample conditions (:class:`Instrument`:
+* :mod:`mdxrd.xrd.patterns`: instrument and sample conditions (:class:`Instrument`:
   K-alpha doublets, Caglioti/TCH pseudo-Voigt, Scherrer size, microstrain, shifts,
   background, noise) and the thermal diffuse continuum, reflections -> patterns.
 * :mod:`mdxrd.xrd.stage`: the XRD of one run's snapshots, files in and out (:mod:`mdxrd.post`).
@@ -10,7 +10,7 @@
 """
 
 from mdxrd.xrd.cli import add_parser, read_structure_or_atoms
-from mdxrd.xrd.kernel import (
+from mdxrd.xrd.reflections import (
     REFLECTION_COLUMNS,
     TWO_THETA_TOL,
     WAVELENGTHS,
@@ -23,7 +23,7 @@ from mdxrd.xrd.kernel import (
     scattering_factor,
     structure_arrays,
 )
-from mdxrd.xrd.profiles import (
+from mdxrd.xrd.patterns import (
     DEFAULT_INSTRUMENT,
     KALPHA2_RATIO,
     KALPHA_DOUBLETS,

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from mdxrd.io import atomic_path
-from mdxrd.xrd.kernel import WAVELENGTHS, _check_range, _check_supercell, diffract_structure, structure_arrays
-from mdxrd.xrd.profiles import KALPHA_DOUBLETS, Instrument, kernel_settings, observed_pattern, powder_pattern, two_theta_grid
+from mdxrd.xrd.reflections import WAVELENGTHS, _check_range, _check_supercell, diffract_structure, structure_arrays
+from mdxrd.xrd.patterns import KALPHA_DOUBLETS, Instrument, kernel_settings, observed_pattern, powder_pattern, two_theta_grid
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _write_columns(columns: Mapping[str, np.ndarray], path: Path) -> None:
 
 
 def instrument_from_args(args: argparse.Namespace) -> Instrument:
-    """The :class:`mdxrd.xrd.profiles.Instrument` the ``mdxrd xrd`` flags describe.
+    """The :class:`mdxrd.xrd.patterns.Instrument` the ``mdxrd xrd`` flags describe.
 
     Raises:
         ValueError: a bad value (named as the config key).

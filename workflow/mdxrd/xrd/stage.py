@@ -1,7 +1,7 @@
 """The workflow's xrd stage: reflections, patterns and the run's average for every snapshot of a run.
 
-For each snapshot the kernel (:mod:`mdxrd.xrd.kernel`) computes the reflections once;
-each instrument condition (:mod:`mdxrd.xrd.profiles`) then makes its pattern from them,
+For each snapshot the kernel (:mod:`mdxrd.xrd.reflections`) computes the reflections once;
+each instrument condition (:mod:`mdxrd.xrd.patterns`) then makes its pattern from them,
 so one MD run gives as many patterns per snapshot as there are conditions, with no
 MD rerun. The run's average is the mean of the snapshot patterns of a condition
 (METHOD.md step 5), taken before background and noise:
@@ -10,7 +10,7 @@ MD rerun. The run's average is the mean of the snapshot patterns of a condition
 
 Broadening is linear, so this equals the broadened mean of all snapshots' reflections
 with weight 1/N_s. Background and counting noise are then added to each snapshot
-pattern and to the average (:func:`mdxrd.xrd.profiles.observed_pattern`);
+pattern and to the average (:func:`mdxrd.xrd.patterns.observed_pattern`);
 ``intensity_bragg`` (parent Bragg reflections only) has neither.
 
 Normalisation: intensities are kinematic |F|^2 LP per parent unit cell (electrons^2);
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from mdxrd.io import atomic_path
-from mdxrd.xrd.kernel import REFLECTION_COLUMNS, Reflections, _check_range, diffract
-from mdxrd.xrd.profiles import (
+from mdxrd.xrd.reflections import REFLECTION_COLUMNS, Reflections, _check_range, diffract
+from mdxrd.xrd.patterns import (
     DEFAULT_INSTRUMENT,
     Instrument,
     as_instrument,
@@ -80,7 +80,7 @@ def run_stage(
     """XRD of every snapshot of a trajectory for every condition: reflections (Parquet), patterns and average (npz).
 
     Reflections are computed once per snapshot at the wavelength and over the range of
-    :func:`mdxrd.xrd.profiles.kernel_settings` (every condition's lines and profile reach,
+    :func:`mdxrd.xrd.patterns.kernel_settings` (every condition's lines and profile reach,
     and three widths of the diffuse kernel), so peaks and diffuse samples just outside
     the grid contribute; the Parquet file holds all of them, its key-value metadata
     ``mdxrd.wavelength_A`` says at which wavelength.
@@ -99,12 +99,12 @@ def run_stage(
         two_theta_range: (min, max) of the pattern grid, degrees.
         two_theta_step: Grid step, degrees.
         supercell: Supercell multiple (na, nb, nc) of the snapshots.
-        centring: Centring translations of the parent cell (:func:`mdxrd.xrd.kernel.centring_translations`).
-        instrument: The conditions (:class:`mdxrd.xrd.profiles.Instrument` or config mappings).
+        centring: Centring translations of the parent cell (:func:`mdxrd.xrd.reflections.centring_translations`).
+        instrument: The conditions (:class:`mdxrd.xrd.patterns.Instrument` or config mappings).
 
     Raises:
         ValueError: empty trajectory, frames with different species, a bad condition, or any
-            error of :func:`mdxrd.xrd.kernel.diffract` / :func:`mdxrd.xrd.profiles.powder_pattern`.
+            error of :func:`mdxrd.xrd.reflections.diffract` / :func:`mdxrd.xrd.patterns.powder_pattern`.
     """
     import ase.io
     import pyarrow as pa
@@ -191,7 +191,7 @@ def _broaden_batch(
     patterns: np.ndarray,
     patterns_bragg: np.ndarray,
 ) -> None:
-    """Patterns of snapshots into rows ``idx`` of the outputs (:func:`mdxrd.xrd.profiles.powder_pattern`),
+    """Patterns of snapshots into rows ``idx`` of the outputs (:func:`mdxrd.xrd.patterns.powder_pattern`),
     one call per run of snapshots that share reflection positions; ``volumes`` (n_snap,) cell volumes,
     Angstrom^3."""
     pos = 0

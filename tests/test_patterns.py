@@ -1,4 +1,4 @@
-"""Instrument and sample profiles (mdxrd.xrd.profiles) against the physics: Caglioti and Scherrer
+"""Instrument and sample profiles (mdxrd.xrd.patterns) against the physics: Caglioti and Scherrer
 widths, K-alpha2 positions and intensities from Bragg's law, area preservation, shifts,
 background, noise, and one pattern against xrayutilities' pseudo-Voigt."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mdxrd.xrd import Instrument, Reflections, lorentz_polarization, powder_pattern, two_theta_grid
-from mdxrd.xrd.profiles import KALPHA_DOUBLETS, kernel_settings, observed_pattern, tch_pseudo_voigt
+from mdxrd.xrd.patterns import KALPHA_DOUBLETS, kernel_settings, observed_pattern, tch_pseudo_voigt
 
 LAMBDA = 1.5406
 

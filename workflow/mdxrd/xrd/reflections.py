@@ -1,4 +1,4 @@
-r"""Powder X-ray diffraction kernel: the reflections of a batch of crystal snapshots.
+r"""Powder X-ray diffraction reflections of a batch of crystal snapshots (the fast XRD kernel of mdxrd).
 
 The kernel reproduces pymatgen's ``XRDCalculator`` (``symprec=0``,
 ``scaled=False``) exactly for a static cell, and adds what molecular-dynamics
@@ -77,7 +77,7 @@ With ``supercell=(1, 1, 1)`` and no ``b_iso`` the intensities equal
 rounding (pymatgen merges Bragg and diffuse points of equal angle; this module
 keeps them apart).
 
-Patterns: :mod:`mdxrd.xrd.profiles` turns reflections into patterns on a
+Patterns: :mod:`mdxrd.xrd.patterns` turns reflections into patterns on a
 :math:`2\theta` grid (instrument and sample profiles, thermal diffuse continuum).
 """
 
@@ -100,7 +100,7 @@ if TYPE_CHECKING:
 #: METHOD.md and most powder software quote it (pymatgen lists 1.54056 A; Hoelzer
 #: et al., Phys. Rev. A 56, 4554 (1997) give 1.540598 A). ``"XKa"`` is the weighted
 #: K-alpha average (2 Ka1 + Ka2) / 3, not K-alpha1. K-alpha1 + K-alpha2 doublets are
-#: named ``"XKa12"`` (:data:`mdxrd.xrd.profiles.KALPHA_DOUBLETS`).
+#: named ``"XKa12"`` (:data:`mdxrd.xrd.patterns.KALPHA_DOUBLETS`).
 WAVELENGTHS: dict[str, float] = {
     "CuKa1": 1.5406,
     "CuKa2": 1.54439,

@@ -1,6 +1,6 @@
 r"""Instrument and sample profiles: from reflections to powder patterns on a 2theta grid.
 
-A pattern is made from the reflections of :mod:`mdxrd.xrd.kernel` (computed at a
+A pattern is made from the reflections of :mod:`mdxrd.xrd.reflections` (computed at a
 wavelength :math:`\lambda_0`) for one :class:`Instrument`, a named set of
 instrument and sample conditions. Step by step, for each reflection of spacing
 :math:`d`:
@@ -14,7 +14,7 @@ instrument and sample conditions. Step by step, for each reflection of spacing
    reflection at :math:`2\theta_j = 2\arcsin(\lambda_j / 2d)`; since :math:`|F|^2`
    depends on :math:`\sin\theta/\lambda = 1/2d` only, its intensity is
    :math:`I_j = w_j I_0\, LP(\theta_j) / LP(\theta_0)` (LP, optionally with a
-   monochromator: :func:`mdxrd.xrd.kernel.lorentz_polarization`).
+   monochromator: :func:`mdxrd.xrd.reflections.lorentz_polarization`).
 2. Widths (FWHM, degrees :math:`2\theta`) at :math:`\theta_j`:
 
    * instrument Gaussian: constant :math:`2\sqrt{2\ln 2}\,\sigma`, or Caglioti's
@@ -90,7 +90,7 @@ from typing import Any
 
 import numpy as np
 
-from mdxrd.xrd.kernel import WAVELENGTHS, Reflections, lorentz_polarization, resolve_wavelength
+from mdxrd.xrd.reflections import WAVELENGTHS, Reflections, lorentz_polarization, resolve_wavelength
 
 #: Intensity of K-alpha2 relative to K-alpha1 (2p1/2 : 2p3/2 statistical weights, 1 : 2).
 KALPHA2_RATIO: float = 0.5
@@ -118,7 +118,7 @@ def line_spectrum(wavelength: float | str) -> tuple[tuple[float, float], ...]:
     """Source lines of a wavelength setting: ((lambda_A, relative intensity), ...).
 
     Args:
-        wavelength: A number in Angstrom, a name of :data:`mdxrd.xrd.kernel.WAVELENGTHS`
+        wavelength: A number in Angstrom, a name of :data:`mdxrd.xrd.reflections.WAVELENGTHS`
             (one line) or of :data:`KALPHA_DOUBLETS` (K-alpha1 weight 1, K-alpha2 weight 1/2).
 
     Raises:
@@ -368,7 +368,7 @@ def kernel_settings(instruments: Sequence[Instrument], two_theta_range: Sequence
     reach). The shortest wavelength of all lines covers the union in |G|.
 
     Returns:
-        (wavelength_A, (two_theta_min, two_theta_max)) for :func:`mdxrd.xrd.kernel.diffract`.
+        (wavelength_A, (two_theta_min, two_theta_max)) for :func:`mdxrd.xrd.reflections.diffract`.
     """
     lo, hi = (float(v) for v in two_theta_range)
     g_lo, g_hi, lam_k = math.inf, 0.0, math.inf
