@@ -147,3 +147,27 @@ def test_comparison_puts_potentials_side_by_side(tmp_path):
     si = table.iloc[0]
     assert si["reference"] == 0.485 and si["sevennet-0 value"] == 0.43
     assert si["chgnet dev %"] == pytest.approx(100 * (0.68 / 0.485 - 1))
+
+
+def test_a_builtin_potential_is_one_file(tmp_path, monkeypatch):
+    # a file that defines POTENTIAL in the package's directory is found, resolved (its weights hashed) and built
+    import hashlib
+    import importlib.util
+    import sys
+
+    import mdxrd.potentials as potentials
+
+    (tmp_path / "toy.py").write_text(
+        "from ase.calculators.emt import EMT\n"
+        "from mdxrd.potentials.base import BuiltinPotential\n"
+        "POTENTIAL = BuiltinPotential(name='toy', kind='toy', package='ase', model_file='calculators/emt.py',\n"
+        "                             install='pip install ase', build=lambda device, calculator: EMT())\n")
+    monkeypatch.setattr(potentials, "__path__", [*potentials.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "mdxrd.potentials.toy", raising=False)
+    found = potentials._builtin()
+    assert list(found)[:2] == ["chgnet", "sevennet-0"] and "toy" in found
+    monkeypatch.setattr(potentials, "BUILTIN", found)
+    entry = resolve_potential("toy")
+    emt_py = Path(list(importlib.util.find_spec("ase").submodule_search_locations)[0]) / "calculators" / "emt.py"
+    assert entry["model_sha256"] == hashlib.sha256(emt_py.read_bytes()).hexdigest() and entry["kind"] == "toy"
+    assert type(make_potential(entry)).__name__ == "EMT"

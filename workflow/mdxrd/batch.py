@@ -21,6 +21,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from mdxrd import md
+from mdxrd.potentials import make_potential
 
 log = logging.getLogger("mdxrd.md")  # one logger for a run, batched or alone: its lines carry the run tag
 
@@ -158,7 +159,7 @@ _RUN_THREAD = "md-run:"
 
 
 def _set_torch_threads(n: int) -> None:
-    import torch
+    import torch  # lazy: torch 1.3 s; not in envs/base.yaml, and loaded by every mdxrd command
 
     torch.set_num_threads(n)
 
@@ -197,8 +198,6 @@ def run_md_batch(runs: list[tuple[Any, md.MDParams, str | Path]], calc: Any | No
     list
         Per run, in order: its run.json record, or the exception that ended it.
     """
-    from mdxrd.potentials import make_potential  # torch and the model: only where a batch runs
-
     first = runs[0][1]
     if calc is None:
         calc = make_potential(first.potential, first.device, first.calculator)

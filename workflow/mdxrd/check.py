@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mdxrd.cli import UserError
+from mdxrd.config import ConfigError, load_config
+from mdxrd.grid import runs
+from mdxrd.structure import StructureError, read_checked_structure
 
 #: Checked records of structure files, shared with the workflow (relative to the working directory).
 CACHE_DIR = "results/checked"
@@ -25,10 +29,6 @@ def check_path(path: str | Path) -> str:
     mdxrd.config.ConfigError, mdxrd.structure.StructureError
         What is wrong, naming file and field.
     """
-    from mdxrd.config import load_config
-    from mdxrd.grid import runs
-    from mdxrd.structure import read_checked_structure
-
     path = Path(path)
     if path.suffix.lower() in {".yaml", ".yml"}:
         config = load_config(path, cache_dir=CACHE_DIR)
@@ -45,10 +45,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from mdxrd.cli import UserError
-    from mdxrd.config import ConfigError
-    from mdxrd.structure import StructureError
-
     try:
         print(check_path(args.path))
     except (ConfigError, StructureError) as err:

@@ -12,6 +12,9 @@ import importlib
 import logging
 import sys
 
+from mdxrd import __version__
+from mdxrd.shard import ShardError
+
 #: Modules that register subcommands, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES = (
     "mdxrd.check",
@@ -30,8 +33,6 @@ class UserError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every available subcommand registered."""
-    from mdxrd import __version__
-
     parser = argparse.ArgumentParser(prog="mdxrd", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mdxrd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mdxrd`` console script; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from mdxrd.shard import ShardError
-
     try:
         return int(args.func(args) or 0)
     except UserError as err:

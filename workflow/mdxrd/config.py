@@ -9,14 +9,20 @@ conditions resolved). The grid it defines is :mod:`mdxrd.grid`, the stages' para
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import math
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mdxrd.grid import md_job_mem_mb
 from mdxrd.io import read_json, write_cache
+
+# Every Snakefile parse imports this module, a cluster job's too (which never validates; the import takes about 50 ms):
+# the imports left inside functions below say what each would add to it (perf_counter in a fresh process).
 
 #: JSON schema of the configuration (YAML), shipped in the repository's config/.
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
@@ -31,8 +37,6 @@ def prepare_job_environment(package_root: str, python: str) -> None:
     Prepends ``package_root`` to PYTHONPATH and the directory of ``python`` to PATH
     (a conda env activated for a rule comes first again, so its python is used there).
     """
-    import os
-
     for var, value in (("PYTHONPATH", package_root), ("PATH", os.path.dirname(python))):
         os.environ[var] = os.pathsep.join(p for p in (value, os.environ.get(var)) if p)
 
@@ -55,7 +59,7 @@ def _allowed(schema: Any) -> str:
 
 
 def _schema() -> dict[str, Any]:
-    import yaml
+    import yaml  # lazy: +15 ms on every Snakefile parse
 
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
@@ -78,8 +82,8 @@ def _numbers_from_command_line(config: dict[str, Any], schema: dict[str, Any]) -
 
 def _schema_errors(config: dict[str, Any]) -> Iterator[str]:
     """Validate against the JSON schema with snakemake.utils.validate (defaults filled in place)."""
-    import jsonschema
-    from snakemake.utils import validate
+    import jsonschema  # lazy: +60 ms on every Snakefile parse
+    from snakemake.utils import validate  # lazy: not in envs/*.yaml, and jobs load this module (mdxrd.cli -> check)
 
     try:
         validate(config, str(SCHEMA_PATH), set_default=True)
@@ -122,7 +126,7 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
         The first problem found, as ``"{source}: {field}: {what is wrong and allowed}"``
         (a sheet's problems as ``"{sheet}: line {n} ({name}), column {column}: ..."``).
     """
-    from mdxrd.crystals import CrystalTableError, read_crystal_table
+    from mdxrd.crystals import CrystalTableError, read_crystal_table  # lazy: +191 ms on every Snakefile parse
 
     config = copy.deepcopy(config) if config is not None else {}
     if not isinstance(config, dict):
@@ -172,7 +176,7 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
         else:
             skipped.append(c["name"])
     if skipped:
-        import logging
+        import logging  # lazy: +5 ms on every Snakefile parse; only for this warning
 
         logging.getLogger(__name__).warning(
             "structure.skip_too_large: left out %d crystal(s) whose automatic supercell exceeds "
@@ -186,7 +190,7 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
 def _resolve_potentials(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
     """The potentials, each checked (package importable, weights on disk) and resolved
     (:func:`mdxrd.potentials.resolve_potential`); names unique."""
-    from mdxrd.potentials import PotentialError, resolve_potential
+    from mdxrd.potentials import PotentialError, resolve_potential  # lazy: +21 ms on every Snakefile parse
 
     resolved = []
     for i, spec in enumerate(config["potentials"]):
@@ -201,7 +205,7 @@ def _resolve_potentials(config: dict[str, Any], source: str) -> list[dict[str, A
 def _resolve_instruments(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
     """The instrument conditions with xrd.wavelength / xrd.sigma_deg filled in, checked over the
     2theta range (:meth:`mdxrd.xrd.patterns.Instrument.check`), as plain dicts without None values."""
-    from mdxrd.xrd.patterns import Instrument
+    from mdxrd.xrd.patterns import Instrument  # lazy: +97 ms on every Snakefile parse
 
     x = config["xrd"]
     defaults = {"wavelength": x["wavelength"], "sigma_deg": x["sigma_deg"]}
@@ -227,9 +231,7 @@ def _check_unique(names: list[str], field: str, source: str) -> None:
 def table_key(spec: str) -> str | None:
     """Cache key of a crystal sheet or glob: SHA-256 of its content (the sheet's bytes, or the glob's
     sorted file list) and of both schemas; None when the sheet does not exist (its error comes later)."""
-    import glob
-
-    from mdxrd.crystals import SHEET_SCHEMA_PATH, is_sheet
+    from mdxrd.crystals import SHEET_SCHEMA_PATH, is_sheet  # lazy: +191 ms on every Snakefile parse
 
     h = hashlib.sha256(SCHEMA_PATH.read_bytes() + SHEET_SCHEMA_PATH.read_bytes())
     if is_sheet(spec):
@@ -247,8 +249,8 @@ def _check_crystal(config: dict[str, Any], entry: dict[str, Any], where: str, ca
     Returns False for a crystal to leave out (automatic supercell too large with
     structure.skip_too_large); raises :class:`ConfigError` for anything else wrong.
     """
-    from mdxrd.crystals import checked_record, supercell_for_widths
-    from mdxrd.structure import StructureError, check_supercell_size
+    from mdxrd.crystals import checked_record, supercell_for_widths  # lazy: +191 ms on every Snakefile parse
+    from mdxrd.structure import StructureError, check_supercell_size  # lazy: +134 ms on every Snakefile parse
 
     s = config["structure"]
     try:
@@ -267,8 +269,6 @@ def _check_crystal(config: dict[str, Any], entry: dict[str, Any], where: str, ca
         hint = (f" for structure.min_width_A = {s['min_width_A']} A (raise max_atoms, lower min_width_A, or set "
                 "structure.skip_too_large: true)") if auto else ""
         raise ConfigError(f"{where}.supercell: {err}{hint}") from None
-    from mdxrd.grid import md_job_mem_mb
-
     md = config["md"]
     n_atoms = record["n_atoms_cell"] * math.prod(entry["supercell"])
     alone = md_job_mem_mb(md["calculator"], n_atoms, 1)
@@ -292,7 +292,7 @@ def _check_crystal(config: dict[str, Any], entry: dict[str, Any], where: str, ca
 
 def load_config(path: str | Path, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Read a YAML configuration file and return it validated with defaults (see :func:`validate_config`)."""
-    import yaml
+    import yaml  # lazy: +15 ms on every Snakefile parse
 
     path = Path(path)
     if not path.is_file():

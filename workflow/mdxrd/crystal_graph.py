@@ -163,8 +163,8 @@ def crystal_graph(converter: Any, structure: Any) -> Any:
         An atom has no neighbour within the atom-graph cutoff and the converter's response is
         "error" (its message); or the neighbour list is not symmetric.
     """
-    from chgnet.graph.crystalgraph import CrystalGraph
-    from chgnet.model.model import TORCH_DTYPE
+    from chgnet.graph.crystalgraph import CrystalGraph  # lazy: chgnet.graph +1.2 s over torch; not for graph_indices
+    from chgnet.model.model import TORCH_DTYPE  # lazy: chgnet.model +1.7 s over torch; not for graph_indices
 
     n_atoms = len(structure)
     center, neighbor, image, distance = structure.get_neighbor_list(

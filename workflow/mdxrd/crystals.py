@@ -32,9 +32,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 
+from mdxrd import structure as mdstructure  # read_checked_structure looked up when called (tests replace it)
 from mdxrd.io import write_cache
+from mdxrd.structure import StructureError
+from mdxrd.xrd import diffract_structure, line_spectrum
 
 #: JSON schema of one sheet row (snakemake.utils.validate validates a DataFrame row by row).
 SHEET_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "crystals.schema.yaml"
@@ -128,8 +132,6 @@ def checked_record(cif: str | Path, xrd: dict[str, Any], cache_dir: str | Path |
         The file is missing, unreadable, disordered or has an element CHGNet lacks
         (never cached: the next parse reads the file again).
     """
-    from mdxrd.structure import StructureError
-
     path = Path(cif)
     try:
         stat = path.stat()
@@ -163,10 +165,7 @@ def _checked_record(path: Path, settings: dict[str, Any], xrd: dict[str, Any], c
             return json.loads(cached.read_text())
         except (OSError, ValueError):
             pass  # a damaged record is rebuilt
-    from mdxrd.structure import read_checked_structure  # pymatgen: only when a file is checked for the first time
-    from mdxrd.xrd import diffract_structure, line_spectrum
-
-    structure = read_checked_structure(path)
+    structure = mdstructure.read_checked_structure(path)  # pymatgen: only when a file is checked for the first time
     refl = diffract_structure(structure, wavelength=line_spectrum(xrd["wavelength"])[0][0],
                               two_theta_range=(xrd["two_theta_min"], xrd["two_theta_max"]))
     cell = structure.lattice.matrix
@@ -206,10 +205,9 @@ def read_sheet(path: str | Path) -> list[dict[str, Any]]:
         File missing or unreadable, or a row that breaks ``config/crystals.schema.yaml``;
         the message names the file, the line and the column.
     """
-    import jsonschema
-    import pandas as pd
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
+    import pandas as pd  # lazy: pandas 0.33 s, only for a sheet (every validating parse imports this module)
+    from snakemake.exceptions import WorkflowError  # lazy: snakemake 0.07 s and not in envs/*.yaml; only for a sheet
+    from snakemake.utils import validate  # lazy: snakemake.utils 0.08 s and not in envs/*.yaml; only for a sheet
 
     path = Path(path)
     if not path.is_file():

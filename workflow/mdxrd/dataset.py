@@ -33,16 +33,31 @@ of its own.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.metadata
 import json
 import logging
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from ase import units
+from ase.io import read
 
-from mdxrd.io import atomic_path, read_json
+from mdxrd import CHGNET_MODEL
+from mdxrd.grid import shards
+from mdxrd.io import atomic_path, load_params, read_json
+from mdxrd.layout import template
+from mdxrd.md import kinetic_temperature
+from mdxrd.params import config_hash, shard_params
+from mdxrd.shard import fill
+from mdxrd.xrd import two_theta_grid
+from mdxrd.xrd.patterns import Instrument
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +166,6 @@ def schema() -> pa.Schema:
 
 def instrument_columns(spec: dict[str, Any]) -> dict[str, Any]:
     """The ``instrument``, ``wavelength_A`` and ``instrument_params`` values of one condition (a config entry)."""
-    from mdxrd.xrd.patterns import Instrument
-
     inst = Instrument.from_dict(spec)
     params = inst.to_dict()
     del params["name"]
@@ -164,26 +177,18 @@ def instrument_columns(spec: dict[str, Any]) -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     """Versions of the software that made the data (and CHGNet's model version)."""
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for name in ("mdxrd", "chgnet", "ase", "pymatgen", "torch", "numpy", "pyarrow"):
         try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             out[name] = "unknown"
-    from mdxrd import CHGNET_MODEL
-
     out["chgnet_model"] = CHGNET_MODEL
     return out
 
 
 def _snapshot_labels(atoms: Any, supercell: list[int]) -> dict[str, float]:
     """Measured labels of one snapshot frame: T, P, parent-cell lattice, energy per atom."""
-    from ase import units
-
-    from mdxrd.md import kinetic_temperature
-
     n = len(atoms)
     e_kin = float(atoms.get_kinetic_energy())
     temp = kinetic_temperature(e_kin, n)
@@ -242,8 +247,6 @@ def _run_rows(section: dict[str, Any], key: dict[str, Any], summary: dict[str, A
     """The ``snapshot`` rows and the ``average`` row of one run for each instrument condition (``key``: a run
     of the dataset section with its ``md``, ``snapshots`` and ``xrd`` directories, ``summary``: its
     snapshots summary)."""
-    from ase.io import read
-
     run = read_json(key["md"] / "run.json")
     frames = read(str(key["snapshots"] / "snapshots.traj"), index=":")
     patterns = np.load(key["xrd"] / "patterns.npz")
@@ -302,10 +305,6 @@ def write_part(section: dict[str, Any], templates: dict[str, str], out: str | Pa
         A 2theta grid that differs between a crystal's patterns, or a crystal with no run left
         (every run dropped as melted).
     """
-    import pyarrow.parquet as pq
-
-    from mdxrd.shard import fill
-
     section = {**section, "conditions": [instrument_columns(spec) for spec in section["instrument"]]}
     sch = schema()
     parts = []
@@ -353,11 +352,6 @@ def write_part(section: dict[str, Any], templates: dict[str, str], out: str | Pa
 
 def common_metadata(config: dict[str, Any]) -> dict[str, str]:
     """The dataset's shared key-value metadata (see the module docstring) of a resolved config."""
-    import yaml
-
-    from mdxrd.params import config_hash
-    from mdxrd.xrd import two_theta_grid
-
     x = config["xrd"]
     grid = two_theta_grid(x["two_theta_min"], x["two_theta_max"], x["two_theta_step"])
     return {
@@ -384,10 +378,6 @@ def write_common_metadata(config: dict[str, Any], parts: list[str | Path], out: 
     ValueError
         A part missing, with another schema, or on another 2theta grid.
     """
-    import shutil
-
-    import pyarrow.parquet as pq
-
     sch = schema()
     meta = common_metadata(config)
     dataset_dir = Path(out).parent
@@ -420,10 +410,6 @@ def write_dataset(config: dict[str, Any], results: str | Path, dataset_dir: str 
     (:mod:`mdxrd.layout`), for use without Snakemake (e.g. a second dataset with other
     ``dataset`` options from the same results). Returns the total row count.
     """
-    from mdxrd.grid import shards
-    from mdxrd.layout import template
-    from mdxrd.params import shard_params
-
     dataset_dir = Path(dataset_dir)
     templates = {k: template(k, results) for k in ("structure", "reference", "md", "snapshots", "xrd")}
     parts = []
@@ -445,10 +431,6 @@ def content_hash(path: str | Path) -> str:
     ``path`` is the dataset directory (or its ``_common_metadata``). Two datasets with
     equal hashes hold bit-identical rows in the same order (used to check regeneration).
     """
-    import hashlib
-
-    import pyarrow.parquet as pq
-
     table = pq.read_table(_dataset_dir(path)).replace_schema_metadata(None)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -464,9 +446,6 @@ def read_dataset(path: str | Path, **read_options: Any) -> tuple[Any, np.ndarray
     The metadata dict holds ``config`` (parsed YAML), ``versions`` (dict) and the
     other ``mdxrd.*`` keys of ``_common_metadata`` as strings.
     """
-    import pyarrow.parquet as pq
-    import yaml
-
     root = _dataset_dir(path)
     table = pq.read_table(root, **read_options)
     raw = {k.decode(): v.decode() for k, v in (pq.read_schema(root / "_common_metadata").metadata or {}).items()
@@ -496,8 +475,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _main_part(args: argparse.Namespace) -> int:
-    from mdxrd.io import load_params
-
     templates = {k: getattr(args, f"{k}_dir") for k in ("structure", "reference", "md", "snapshots", "xrd")}
     n = write_part(load_params(args.params), templates, args.output)
     log.info("wrote %d rows to %s", n, args.output)
@@ -505,8 +482,6 @@ def _main_part(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from mdxrd.io import load_params
-
     n = write_common_metadata(load_params(args.config), args.part, args.output)
     log.info("dataset: %d rows in %d parts; wrote %s", n, len(args.part), args.output)
     return 0

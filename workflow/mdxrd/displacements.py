@@ -45,10 +45,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import spglib
 from ase import Atoms
 from ase.neighborlist import neighbor_list
 
 from mdxrd.statistics import block_standard_error, integrated_autocorrelation_time
+from mdxrd.xrd import scattering_factor
 
 #: Tolerance on parent-cell fractional coordinates when grouping atoms into sublattices.
 SITE_TOLERANCE = 1e-4
@@ -79,8 +81,6 @@ def sublattices(sites: Atoms, symprec: float = 1e-3) -> np.ndarray:
     ValueError
         spglib finds no symmetry (atoms far from any lattice).
     """
-    import spglib
-
     cell = (sites.cell.array, sites.get_scaled_positions(wrap=True), sites.numbers)
     sym = spglib.get_symmetry(cell, symprec=symprec)
     if sym is None:
@@ -289,10 +289,6 @@ def pattern_debye_waller(frames: Sequence[Atoms], sites: Atoms, b_iso: dict[str,
     ValueError
         Frames with different cells, fewer than 2 frames, or no reflection to fit.
     """
-    import spglib
-
-    from mdxrd.xrd import scattering_factor
-
     cells = np.array([f.cell.array for f in frames])
     if len(frames) < 2 or np.ptp(cells, axis=0).max() > 1e-9:
         raise ValueError("pattern_debye_waller needs at least 2 frames of one fixed cell (an NVT run)")

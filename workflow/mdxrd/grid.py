@@ -95,7 +95,7 @@ def crystal_units(config: dict[str, Any], crystal: str) -> list[dict[str, Any]]:
     KeyError
         No crystal of that name.
     """
-    from mdxrd.potentials import unit_name
+    from mdxrd.potentials import unit_name  # lazy: +21 ms on importing mdxrd.grid at every Snakefile parse (~50 ms)
 
     index = _index(config)
     cached = index["units"].get(crystal)

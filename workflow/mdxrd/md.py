@@ -94,11 +94,23 @@ from typing import Any
 
 import numpy as np
 from ase import units
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixCom
+from ase.io import read
 from ase.io.trajectory import Trajectory
+from ase.md.langevin import Langevin
+from ase.md.nptberendsen import NPTBerendsen
+from ase.md.nvtberendsen import NVTBerendsen
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
+from ase.neighborlist import neighbor_list
 
 from mdxrd import batch
+from mdxrd.cli import UserError
+from mdxrd.integrators import NPTBerendsenOneForce, cartesian_point_group, elastic_compliance
 from mdxrd.io import atomic_path, load_params, read_json, write_json
+from mdxrd.potentials import DEFAULT as DEFAULT_POTENTIAL
+from mdxrd.potentials import make_potential
+from mdxrd.shard import fail_if, file_sha256, fill, is_current, stamp, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +283,6 @@ def npt_cell_update(atoms: Any, npt_cell: str) -> tuple[str, Any, str]:
         ``rotations`` (n_ops, 3, 3) Cartesian point-group rotations or None, and ``label``:
         "isotropic", "symmetric <point group>" or "free".
     """
-    from mdxrd.integrators import cartesian_point_group
-
     if npt_cell == "isotropic":
         return "isotropic", None, "isotropic"
     if npt_cell == "free":
@@ -297,30 +307,19 @@ def make_dynamics(atoms: Any, params: MDParams, rng: np.random.Generator, cell: 
         ``npt_integrator`` "ase" with a cell that is not isotropic (ASE's NPTBerendsen scales
         per Cartesian axis and would break a non-orthogonal lattice system).
     """
-    from ase import units
-    from ase.constraints import FixCom
-
     dt = params.timestep_fs * units.fs
     atoms.set_constraint(FixCom())
     if params.ensemble is Ensemble.NVT_LANGEVIN:
-        from ase.md.langevin import Langevin
-
         # ASE >= 3.28: fixcm=False with a FixCom constraint samples NVT correctly.
         return Langevin(atoms, dt, temperature_K=params.temperature_K,
                         friction=params.friction_per_fs / units.fs, fixcm=False, rng=rng)
     if params.ensemble is Ensemble.NVT_BERENDSEN:
-        from ase.md.nvtberendsen import NVTBerendsen
-
         return NVTBerendsen(atoms, dt, temperature_K=params.temperature_K, taut=params.taut_fs * units.fs)
     kwargs = dict(temperature_K=params.temperature_K, taut=params.taut_fs * units.fs,
                   pressure_au=params.pressure_GPa * units.GPa, taup=params.taup_fs * units.fs,
                   compressibility_au=params.compressibility_per_GPa / units.GPa)
     if params.npt_integrator == "mdxrd":
-        from mdxrd.integrators import NPTBerendsenOneForce
-
         return NPTBerendsenOneForce(atoms, dt, cell=cell, point_group=point_group, **kwargs)
-    from ase.md.nptberendsen import NPTBerendsen
-
     if cell != "isotropic":
         raise ValueError("md.npt_integrator: 'ase' scales the cell isotropically only; a non-cubic crystal needs "
                          "'mdxrd' (or md.npt_cell: isotropic)")
@@ -347,8 +346,6 @@ def model_bulk_modulus(atoms: Any, calc: Any, strain: float = 0.005) -> float:
     MDError
         B not positive (the structure is mechanically unstable under the potential).
     """
-    from ase import units
-
     pressures = []
     for factor in (1.0 + strain, 1.0 - strain):
         trial = atoms.copy()
@@ -364,8 +361,6 @@ def model_bulk_modulus(atoms: Any, calc: Any, strain: float = 0.005) -> float:
 
 def _model_compliance(atoms: Any, calc: Any) -> np.ndarray:
     """:func:`mdxrd.integrators.elastic_compliance` of the start structure; MDError when unstable."""
-    from mdxrd.integrators import elastic_compliance
-
     try:
         return elastic_compliance(atoms, calc)
     except ValueError as err:
@@ -374,8 +369,6 @@ def _model_compliance(atoms: Any, calc: Any) -> np.ndarray:
 
 def _min_distance(atoms: Any) -> float:
     """Smallest interatomic distance under periodic boundary conditions, Angstrom."""
-    from ase.neighborlist import neighbor_list
-
     d = neighbor_list("d", atoms, 1.5)
     return float(d.min()) if len(d) else math.inf
 
@@ -598,11 +591,9 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         ``DISTANCE_CHECK_INTERVAL`` steps); NaN and runaway are checked at every thermo step;
         the message names the step. Nothing is written into ``out_dir`` then.
     """
-    import torch  # the potential's library: imported where a run starts (mdxrd check and the CLI stay light)
+    import torch  # lazy: torch 1.3 s; not in envs/base.yaml, and loaded by every mdxrd command
 
-    from mdxrd.calculator import resolve_device
-    from mdxrd.potentials import DEFAULT as DEFAULT_POTENTIAL
-    from mdxrd.potentials import make_potential
+    from mdxrd.calculator import resolve_device  # lazy: imports torch and chgnet.model (3.2 s); not in envs/base.yaml
 
     torch.set_num_threads(params.threads)
     out_dir = Path(out_dir)
@@ -667,8 +658,6 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
 
 def _single_point(atoms: Any) -> Any:
     """A SinglePointCalculator holding the current energy, forces and stress of ``atoms``."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     return SinglePointCalculator(atoms, energy=float(atoms.get_potential_energy()), forces=atoms.get_forces(),
                                  stress=atoms.get_stress())
 
@@ -684,8 +673,6 @@ EXECUTION_FIELDS = ("device", "threads", "progress_interval", "checkpoint_interv
 
 def run_stamp(params: dict[str, Any], structure_sha256: str) -> str:
     """The stamp of a run: its parameters other than :data:`EXECUTION_FIELDS` and its start structure's SHA-256."""
-    from mdxrd.shard import stamp
-
     return stamp({k: v for k, v in params.items() if k not in EXECUTION_FIELDS}, structure_sha256)
 
 
@@ -739,10 +726,6 @@ def run_shard(params: dict[str, Any], supercell_template: str, run_template: str
     mdxrd.shard.ShardError
         Some runs failed (each named with its error); the others' outputs are written.
     """
-    from ase.io import read
-
-    from mdxrd.shard import fail_if, file_sha256, fill, is_current, stamp, write_manifest
-
     started = time.perf_counter()
     entries, failures, made = [], [], 0
     structures: dict[str, tuple[Any, str]] = {}
@@ -802,8 +785,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from mdxrd.cli import UserError
-
     try:
         params = load_params(args.params)
     except ValueError as err:

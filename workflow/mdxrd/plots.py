@@ -32,7 +32,7 @@ def _save(fig: Any, path: str | Path) -> None:
 
 
 def _temperature_colours(temperatures: list[float]) -> dict[float, Any]:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib 0.19 s, not in envs/chgnet.yaml (jobs import this module)
 
     cmap = matplotlib.colormaps["plasma"]
     ts = sorted(set(temperatures))
@@ -41,7 +41,7 @@ def _temperature_colours(temperatures: list[float]) -> dict[float, Any]:
 
 def plot_patterns(name: str, static: Any, runs: list[dict[str, Any]], out: str | Path) -> None:
     """``patterns.png``: averaged patterns per ensemble and temperature over the static pattern."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: pyplot 0.40 s, not in envs/chgnet.yaml (jobs import this module)
 
     ensembles = list(dict.fromkeys(r["ensemble"] for r in runs))
     colours = _temperature_colours([r["temperature_K"] for r in runs])
@@ -67,7 +67,7 @@ def plot_zoom(name: str, static: Any, runs: list[dict[str, Any]], out: str | Pat
     The window spans the maxima of the static patterns and of every run within 3 degrees of the
     strongest static reflection, plus ``margin_deg`` on each side.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: pyplot 0.40 s, not in envs/chgnet.yaml (jobs import this module)
 
     tt = static["two_theta"]
     peak = float(tt[int(np.argmax(static["intensity_relaxed"]))])
@@ -106,7 +106,7 @@ def plot_zoom(name: str, static: Any, runs: list[dict[str, Any]], out: str | Pat
 def plot_thermal(qc: dict[str, Any], out: str | Path) -> None:
     """``thermal.png``: a(T) with the 0 K cell and experiment (a non-cubic crystal: every independent axis,
     relative to its 0 K length); B(T) per element with experiment."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: pyplot 0.40 s, not in envs/chgnet.yaml (jobs import this module)
 
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(10, 3.8))
     exp = qc["experiment"]
@@ -182,8 +182,8 @@ def plot_thermal(qc: dict[str, Any], out: str | Path) -> None:
 
 def plot_traces(name: str, runs: list[dict[str, Any]], out: str | Path) -> None:
     """``traces.png``: T, P, V against time for every run; the sampling window shaded."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
+    import matplotlib.pyplot as plt  # lazy: pyplot 0.40 s, not in envs/chgnet.yaml (jobs import this module)
+    import pandas as pd  # lazy: pandas 0.33 s; loaded by every mdxrd command
 
     colours = _temperature_colours([r["temperature_K"] for r in runs])
     fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
@@ -216,7 +216,7 @@ def plot_traces(name: str, runs: list[dict[str, Any]], out: str | Path) -> None:
 
 def qc_html(table: str | Path, out: str | Path) -> None:
     """``qc.html``: the QC table as a standalone HTML page, warnings first."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas 0.33 s; loaded by every mdxrd command
 
     df = pd.read_parquet(table)
     df = df.sort_values(["status", "scope", "check"], key=lambda c: c.map({"warn": 0, "pass": 1}) if c.name == "status"
@@ -262,7 +262,7 @@ def run_stage(name: str, static: str | Path, qc: str | Path, table: str | Path, 
     outputs
         Paths of patterns, zoom, thermal, traces (PNG) and qc_html.
     """
-    import matplotlib
+    import matplotlib  # lazy: matplotlib 0.19 s, not in envs/chgnet.yaml (jobs import this module)
 
     matplotlib.use("Agg")
     # The figures show the first instrument condition (config instrument[0]).

@@ -23,7 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mdxrd.cli import UserError
 from mdxrd.io import load_params, read_json, write_json
+from mdxrd.shard import fail_if, fill, is_current, run_all, stamp, write_manifest
+from mdxrd.snapshots import run_stage as snapshots_stage
+from mdxrd.xrd.stage import run_stage as xrd_stage
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +38,6 @@ XRD_FILES = ("reflections.parquet", "patterns.npz", "average.npz")
 
 def process_run(job: dict[str, Any]) -> dict[str, Any]:
     """Snapshots and XRD of one run (``job``: the run, its directories, the stage's parameters); see the module."""
-    from mdxrd.shard import is_current, stamp
-    from mdxrd.snapshots import run_stage as snapshots_stage
-    from mdxrd.xrd.stage import run_stage as xrd_stage
-
     run, params = job["run"], job["params"]
     md, snap, xrd = Path(job["md_dir"]), Path(job["snapshots_dir"]), Path(job["xrd_dir"])
     entry = {k: run[k] for k in ("unit", "ensemble", "temperature_K", "replica")}
@@ -85,8 +85,6 @@ def run_shard(params: dict[str, Any], md_template: str, structure_template: str,
     mdxrd.shard.ShardError
         Some runs failed (named, with their errors); the others are written.
     """
-    from mdxrd.shard import fail_if, fill, run_all, write_manifest
-
     started = time.perf_counter()
     jobs = []
     for run in params["runs"]:
@@ -120,8 +118,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from mdxrd.cli import UserError
-
     try:
         params = load_params(args.params)
     except ValueError as err:

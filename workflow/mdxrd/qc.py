@@ -40,12 +40,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ase.io import read
 
+from mdxrd import plots
+from mdxrd.displacements import pattern_debye_waller
+from mdxrd.grid import units
 from mdxrd.io import atomic_path, load_params, read_json, write_json
+from mdxrd.shard import fail_if, fill, run_all, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -317,12 +327,6 @@ def run_stage(reference: str | Path, run_dirs: list[dict[str, Any]], crystal: di
     dict
         The figures of :func:`crystal_qc`, with ``checks`` (the rows).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from ase.io import read
-
-    from mdxrd.displacements import pattern_debye_waller
-
     site_atoms = read(str(sites)) if sites is not None else None
     runs = []
     for rd in run_dirs:
@@ -376,10 +380,7 @@ def compare_potentials(config: dict[str, Any], qc_template: str) -> Any:
     -------
     pandas.DataFrame
     """
-    import pandas as pd
-
-    from mdxrd.grid import units
-    from mdxrd.shard import fill
+    import pandas as pd  # lazy: pandas 0.33 s; loaded by every mdxrd command
 
     frames = []
     for unit in units(config):
@@ -446,13 +447,6 @@ def run_shard(params: dict[str, Any], templates: dict[str, str], report_dir: str
     mdxrd.shard.ShardError
         Some units failed (named, with their errors); the others are written.
     """
-    import os
-    import shutil
-    import time
-
-    from mdxrd import plots
-    from mdxrd.shard import fail_if, fill, run_all, write_manifest
-
     started = time.perf_counter()
 
     def work(unit: dict[str, Any]) -> dict[str, Any]:

@@ -32,8 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase.constraints import FixSymmetry
+from ase.optimize import FIRE
 
 from mdxrd.io import atomic_path, read_json, write_json
+from mdxrd.potentials import make_potential
+from mdxrd.structure import read_checked_structure
+from mdxrd.xrd import (diffract_structure, instruments_of, kernel_settings, observed_pattern, powder_pattern,
+                       two_theta_grid)
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +87,6 @@ def eos_scan(atoms: Any, calc: Any, params: ReferenceParams) -> tuple[np.ndarray
     (volumes_A3, energies_eV)
         (eos_points,) float64 each: cell volume in Angstrom^3 and potential energy of the cell in eV.
     """
-    from ase.constraints import FixSymmetry
-    from ase.optimize import FIRE
-
     v0 = atoms.get_volume()
     volumes = v0 * np.linspace(1.0 - params.eos_volume_range, 1.0 + params.eos_volume_range, params.eos_points)
     energies = []
@@ -115,7 +118,7 @@ def birch_murnaghan(volumes_A3: np.ndarray, energies_eV: np.ndarray) -> dict[str
     ValueError
         Fewer than 4 points, or a minimum outside the scanned volumes (the fit extrapolates).
     """
-    from pymatgen.analysis.eos import EOS
+    from pymatgen.analysis.eos import EOS  # lazy: pymatgen.analysis.eos 0.80 s; loaded by every mdxrd command
 
     v = np.asarray(volumes_A3, dtype=np.float64)
     e = np.asarray(energies_eV, dtype=np.float64)
@@ -149,8 +152,6 @@ def static_pattern(structure: Any, grid: np.ndarray, instruments: Sequence[Any])
         Bragg: with the condition's background and noise, and without
         (:func:`mdxrd.xrd.patterns.powder_pattern`, :func:`mdxrd.xrd.patterns.observed_pattern`).
     """
-    from mdxrd.xrd import diffract_structure, instruments_of, kernel_settings, observed_pattern, powder_pattern
-
     insts = instruments_of(instruments)
     lam, ext = kernel_settings(insts, (grid[0], grid[-1]))
     refl = diffract_structure(structure, wavelength=lam, two_theta_range=ext)
@@ -207,13 +208,9 @@ def run_stage(cif: str | Path, relaxed_cif: str | Path, structure_info: str | Pa
     ValueError
         The E(V) minimum lies outside the scan (:func:`birch_murnaghan`).
     """
-    import torch
-    from pymatgen.core import Structure
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    from mdxrd.potentials import make_potential
-    from mdxrd.structure import read_checked_structure
-    from mdxrd.xrd import two_theta_grid
+    import torch  # lazy: torch 1.3 s; not in envs/base.yaml, and loaded by every mdxrd command
+    from pymatgen.core import Structure  # lazy: pymatgen.core 0.15 s (+45 ms on mdxrd --help)
+    from pymatgen.io.ase import AseAtomsAdaptor  # lazy: pymatgen.io.ase 0.50 s; loaded by every mdxrd command
 
     torch.set_num_threads(params.threads)
     info = read_json(structure_info)

@@ -22,7 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mdxrd.cli import UserError
 from mdxrd.io import load_params
+from mdxrd.reference import ReferenceParams
+from mdxrd.reference import run_stage as reference_stage
+from mdxrd.shard import fail_if, fill, is_current, run_all, stamp, write_manifest
+from mdxrd.structure import StructureParams
+from mdxrd.structure import run_stage as structure_stage
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +65,6 @@ def run_shard(params: dict[str, Any], cifs: list[str], structure_template: str, 
     mdxrd.shard.ShardError
         Some units failed (named, with their errors); the others are written.
     """
-    from mdxrd.reference import ReferenceParams
-    from mdxrd.reference import run_stage as reference_stage
-    from mdxrd.shard import fail_if, fill, is_current, run_all, stamp, write_manifest
-    from mdxrd.structure import StructureParams
-    from mdxrd.structure import run_stage as structure_stage
-
     started = time.perf_counter()
     units = params["units"]
     if len(cifs) != len(units):
@@ -107,8 +107,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from mdxrd.cli import UserError
-
     try:
         params = load_params(args.params)
         run_shard(params, args.cif, args.structure_dir, args.reference_dir, args.manifest)

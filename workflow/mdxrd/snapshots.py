@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase.io import read, write
 
 from mdxrd.displacements import thermal_motion
 from mdxrd.io import atomic_path, read_json, write_json
@@ -260,8 +261,7 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
     ValueError
         A snapshot step missing from the trajectory, or positions that do not cover the window.
     """
-    import pandas as pd
-    from ase.io import read, write
+    import pandas as pd  # lazy: pandas 0.33 s; loaded by every mdxrd command
 
     wanted = select_steps(n_steps, n_equil, n_interval)
     frames = {int(a.info["step"]): a for a in read(str(trajectory), index=":")}

@@ -27,6 +27,11 @@ from typing import Any
 import numpy as np
 
 from mdxrd.io import atomic_path, write_json
+from mdxrd.potentials import make_potential
+from mdxrd.xrd import centring_translations
+
+# Every Snakefile parse that validates imports this module (StructureError, check_supercell_size), and every mdxrd
+# command: the imports left inside functions below would add their seconds there (perf_counter, fresh process).
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ def read_checked_structure(path: str | Path) -> Any:
         (disordered sites), or with an element CHGNet has no parameters for. The
         message names the file and what is allowed.
     """
-    from pymatgen.core import Structure
+    from pymatgen.core import Structure  # lazy: pymatgen.core 0.15 s; a parse reads checked records, not CIFs
 
     path = Path(path)
     if not path.is_file():
@@ -137,11 +142,9 @@ def relax(atoms: Any, fmax_eV_per_A: float, max_steps: int, device: str = "auto"
         The relaxed copy (constraints removed), its potential energy (eV, whole
         cell), the FIRE steps taken and whether fmax was reached.
     """
-    from ase.constraints import FixSymmetry
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
-
-    from mdxrd.potentials import make_potential
+    from ase.constraints import FixSymmetry  # lazy: ase.constraints 0.47 s (scipy), not needed at parse
+    from ase.filters import FrechetCellFilter  # lazy: ase.filters 0.10 s, not needed at parse
+    from ase.optimize import FIRE  # lazy: ase.optimize 0.47 s, not needed at parse
 
     atoms = atoms.copy()
     atoms.calc = make_potential(potential, device)
@@ -164,13 +167,11 @@ def run_stage(cif: str | Path, cif_out: str | Path, supercell_out: str | Path, i
     :func:`mdxrd.xrd.centring_translations`, for the Bragg/diffuse split),
     E0_eV_per_atom, relaxed, relax_steps, relax_converged.
     """
-    import torch
-    from ase.io import write
-    from pymatgen.io.ase import AseAtomsAdaptor
-    from pymatgen.io.cif import CifWriter
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    from mdxrd.xrd import centring_translations
+    import torch  # lazy: torch 1.3 s, not in envs/base.yaml
+    from ase.io import write  # lazy: ase.io 0.45 s, not needed at parse
+    from pymatgen.io.ase import AseAtomsAdaptor  # lazy: pymatgen.io.ase 0.50 s, not needed at parse
+    from pymatgen.io.cif import CifWriter  # lazy: pymatgen.io.cif 0.43 s, not needed at parse
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer  # lazy: pymatgen.symmetry 0.37 s, not needed at parse
 
     torch.set_num_threads(params.threads)
     structure = read_checked_structure(cif)

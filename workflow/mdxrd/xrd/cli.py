@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mdxrd.cli import UserError
 from mdxrd.io import atomic_path
 from mdxrd.xrd.reflections import WAVELENGTHS, _check_range, _check_supercell, diffract_structure, structure_arrays
 from mdxrd.xrd.patterns import KALPHA_DOUBLETS, Instrument, kernel_settings, observed_pattern, powder_pattern, two_theta_grid
@@ -30,12 +31,12 @@ def read_structure_or_atoms(path: str | os.PathLike[str]) -> Any:
     Raises:
         ValueError: neither can read it (both messages).
     """
-    from pymatgen.core import Structure
+    from pymatgen.core import Structure  # lazy: pymatgen.core 0.15 s; loaded at Snakefile parse
 
     try:
         return Structure.from_file(str(path))
     except Exception as pmg_err:  # noqa: BLE001 - fall back to ASE for any failure
-        import ase.io
+        import ase.io  # lazy: ase.io 0.45 s; loaded at Snakefile parse
 
         try:
             return ase.io.read(str(path))
@@ -44,7 +45,7 @@ def read_structure_or_atoms(path: str | os.PathLike[str]) -> Any:
 
 
 def _write_columns(columns: Mapping[str, np.ndarray], path: Path) -> None:
-    import pandas as pd
+    import pandas as pd  # lazy: pandas 0.33 s; loaded at Snakefile parse
 
     suffix = path.suffix.lower()
     frame = pd.DataFrame({name: np.asarray(col) for name, col in columns.items()})
@@ -74,8 +75,6 @@ def instrument_from_args(args: argparse.Namespace) -> Instrument:
 
 
 def _cmd_xrd(args: argparse.Namespace) -> int:
-    from mdxrd.cli import UserError
-
     if args.output is None and args.pattern is None:
         raise UserError("give -o/--output (reflections), --pattern, or both")
     out = Path(args.output) if args.output is not None else None

@@ -578,7 +578,7 @@ def broaden_components(
                     val *= weights[peaks][:, None]
                     out += np.bincount(idx.ravel(), weights=val.ravel(), minlength=n_grid)
                 else:
-                    from scipy.sparse import csr_matrix
+                    from scipy.sparse import csr_matrix  # lazy: scipy.sparse 0.20 s; loaded at Snakefile parse
 
                     cols = np.repeat(np.arange(peaks.size), idx.shape[1])
                     kernel = csr_matrix((val.ravel(), (idx.ravel(), cols)), shape=(n_grid, peaks.size))
@@ -712,7 +712,7 @@ def diffuse_continuum(
     Raises:
         ValueError: shape mismatch, volume not positive, bragg_fraction outside [0, 1).
     """
-    from scipy.ndimage import gaussian_filter1d
+    from scipy.ndimage import gaussian_filter1d  # lazy: scipy.ndimage 0.28 s; loaded at Snakefile parse
 
     tt = np.asarray(two_theta, dtype=np.float64).ravel()
     weights = np.asarray(intensity, dtype=np.float64)
@@ -794,7 +794,7 @@ def _profile_block(
     else:
         edges = x0 + (lo[:, None] + offsets - 0.5) * step  # n_win + 1 bin edges
         if kind == "binned":
-            from scipy.special import ndtr
+            from scipy.special import ndtr  # lazy: scipy.special 0.22 s; loaded at Snakefile parse
 
             cdf = ndtr((edges - c) / w)
             val = np.diff(cdf, axis=1) / step

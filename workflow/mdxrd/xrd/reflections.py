@@ -87,12 +87,13 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    import pyarrow as pa  # annotations only; at run time to_table imports it
 
 #: X-ray wavelengths in Angstrom, by name. Values equal those of pymatgen's
 #: ``pymatgen.analysis.diffraction.xrd.WAVELENGTHS`` (International Tables for
@@ -255,7 +256,7 @@ class Reflections:
 
     def to_table(self) -> pa.Table:
         """Return the columns of :meth:`to_dict` as a ``pyarrow.Table``."""
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: pyarrow 0.10 s; loaded at Snakefile parse
 
         return pa.table({name: np.ascontiguousarray(col) for name, col in self.to_dict().items()})
 
@@ -310,8 +311,7 @@ def lorentz_polarization(theta: np.ndarray, monochromator_two_theta_deg: float |
 
 @functools.cache
 def _scattering_params() -> Mapping[str, Any]:
-    # Imported lazily: pymatgen's diffraction module is slow to import.
-    from pymatgen.analysis.diffraction.xrd import ATOMIC_SCATTERING_PARAMS
+    from pymatgen.analysis.diffraction.xrd import ATOMIC_SCATTERING_PARAMS  # lazy: 1.1 s; loaded at Snakefile parse
 
     return ATOMIC_SCATTERING_PARAMS
 
@@ -325,7 +325,7 @@ def _element_fit(symbol: str) -> tuple[int, np.ndarray]:
             f"no X-ray scattering factor for element {symbol!r} "
             "(pymatgen's ATOMIC_SCATTERING_PARAMS has none)"
         )
-    from pymatgen.core.periodic_table import Element
+    from pymatgen.core.periodic_table import Element  # lazy: pymatgen.core 0.14 s; loaded at Snakefile parse
 
     return int(Element(symbol).Z), np.asarray(params[symbol], dtype=np.float64)
 
@@ -606,12 +606,10 @@ def centring_translations(structure: Any, symprec: float = 1e-3) -> list[list[fl
     Returns:
         Sorted list of [t1, t2, t3].
     """
-    from fractions import Fraction
-
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer  # lazy: 0.37 s; loaded at Snakefile parse
 
     if not hasattr(structure, "lattice"):
-        from pymatgen.io.ase import AseAtomsAdaptor
+        from pymatgen.io.ase import AseAtomsAdaptor  # lazy: pymatgen.io.ase 0.50 s; loaded at Snakefile parse
 
         structure = AseAtomsAdaptor.get_structure(structure)
     dataset = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=-1).get_symmetry_dataset()
@@ -750,7 +748,7 @@ def structure_arrays(structure: Any) -> tuple[np.ndarray, np.ndarray, list[str]]
         ValueError: partial occupancy, or an unsupported object.
     """
     try:
-        from pymatgen.core import Structure
+        from pymatgen.core import Structure  # lazy: pymatgen.core 0.15 s; loaded at Snakefile parse
     except ImportError:  # pragma: no cover - pymatgen is a dependency
         Structure = None  # type: ignore[assignment,misc]
     if Structure is not None and isinstance(structure, Structure):
@@ -758,7 +756,7 @@ def structure_arrays(structure: Any) -> tuple[np.ndarray, np.ndarray, list[str]]
             raise ValueError("structure has partial occupancies; only ordered structures are supported")
         species = [site.specie.symbol for site in structure]
         return np.array(structure.lattice.matrix, dtype=np.float64), np.array(structure.frac_coords), species
-    from ase import Atoms
+    from ase import Atoms  # lazy: ase 0.09 s; loaded at Snakefile parse
 
     if isinstance(structure, Atoms):
         occupancy = structure.info.get("occupancy")
