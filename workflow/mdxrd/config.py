@@ -175,6 +175,7 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
             kept.append(c)
         else:
             skipped.append(c["name"])
+    _warn_unanchored(config, cache_dir)
     if skipped:
         import logging  # lazy: +5 ms on every Snakefile parse; only for this warning
 
@@ -185,6 +186,29 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
             raise ConfigError(f"{source}: crystals: every crystal exceeds structure.max_atoms")
         config["crystals"] = kept
     return config
+
+
+def _warn_unanchored(config: dict[str, Any], cache_dir: str | Path | None) -> list[str]:
+    """With ``lattice: experiment``, log one warning listing per crystal the experimental lattice fields it lacks
+    (:func:`mdxrd.lattice.missing_fields`; such crystals keep the potential's lattice); return those lines."""
+    if config["lattice"] != "experiment":
+        return []
+    from mdxrd.crystals import checked_record  # lazy: +191 ms on every Snakefile parse
+    from mdxrd.lattice import missing_fields
+
+    lines = []
+    for c in config["crystals"]:
+        lengths = [sum(v * v for v in row) ** 0.5 for row in checked_record(c["cif"], config["xrd"], cache_dir)["cell_A"]]
+        missing = missing_fields(c, dict(zip("abc", lengths, strict=True)))
+        if missing:
+            lines.append(f"{c['name']}: {', '.join(missing)}")
+    if lines:
+        import logging  # lazy: +5 ms on every Snakefile parse; only for this warning
+
+        logging.getLogger(__name__).warning(
+            "lattice: experiment: %d crystal(s) lack experimental lattice fields and keep the potential's lattice: %s",
+            len(lines), "; ".join(lines))
+    return lines
 
 
 def _resolve_potentials(config: dict[str, Any], source: str) -> list[dict[str, Any]]:

@@ -115,6 +115,14 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("beta", pa.float64(), "lattice angle beta, degrees"),
     ("gamma", pa.float64(), "lattice angle gamma, degrees"),
     ("volume_A3", pa.float64(), "parent-cell volume, Angstrom^3"),
+    ("lattice_anchor", pa.string(), "null: a-gamma and the patterns are the potential's lattice (config lattice: "
+                                    "potential); else how the run's cell was scaled to experiment's lattice at its "
+                                    "temperature (mdxrd.lattice): alpha_exp, npt_fit or reference; a, b, c and "
+                                    "volume_A3 are then the scaled cell's, the patterns' lattice"),
+    ("lattice_scale_a", pa.float64(), "scale of cell vector a in the patterns over the MD's (1 when not anchored, "
+                                      "null for static rows; the potential's a is a / lattice_scale_a)"),
+    ("lattice_scale_b", pa.float64(), "same, b"),
+    ("lattice_scale_c", pa.float64(), "same, c"),
     ("energy_per_atom_eV", pa.float64(), "potential energy per atom of the row's potential, eV"),
     ("tau_corr_fs", pa.float64(), "velocity autocorrelation time of the run, fs"),
     ("interval_too_short", pa.bool_(), "n_interval dt < tau_corr"),
@@ -202,6 +210,15 @@ def _snapshot_labels(atoms: Any, supercell: list[int]) -> dict[str, float]:
             "energy_per_atom_eV": float(atoms.get_potential_energy()) / n}
 
 
+def _scaled_labels(labels: dict[str, float], scale: dict[str, float]) -> dict[str, float]:
+    """Snapshot labels of the cell scaled per axis (``scale``: axis -> factor; empty: unchanged)."""
+    if not scale:
+        return labels
+    out = {**labels, **{x: labels[x] * scale[x] for x in "abc"}}
+    out["volume_A3"] = labels["volume_A3"] * scale["a"] * scale["b"] * scale["c"]
+    return out
+
+
 #: Per-run figures of the snapshots summary copied into every row of the run.
 RUN_FIGURES = ("equilibrated", "window_T_K", "window_T_sem_K", "window_P_GPa", "window_P_sem_GPa",
                "window_volume_A3", "window_volume_sem_A3", "window_volume_drift", "energy_drift_meV_per_atom_ps",
@@ -265,7 +282,11 @@ def _run_rows(section: dict[str, Any], key: dict[str, Any], summary: dict[str, A
                   for el, b in summary["B_iso_A2"].items()],
         "supercell": supercell, "n_atoms": run["n_atoms"], "device": run["device"],
     }
-    labels = [_snapshot_labels(f, supercell) for f in frames]
+    anchored = summary.get("lattice_anchor") or {}
+    scale = anchored.get("scale", {}) if anchored.get("method") else {}
+    common.update({"lattice_anchor": anchored.get("method"),
+                   **{f"lattice_scale_{x}": float(scale.get(x, 1.0)) for x in "abc"}})
+    labels = [_scaled_labels(_snapshot_labels(f, supercell), scale) for f in frames]
     mean = {k: float(np.mean([lab[k] for lab in labels])) for k in labels[0]}
     rows = []
     names = [str(n) for n in patterns["instrument"]]

@@ -86,6 +86,20 @@ def xrd_params(config: dict[str, Any]) -> dict[str, Any]:
             "instrument": config["instrument"]}
 
 
+#: The crystal-entry fields an anchored lattice reads (:func:`mdxrd.lattice.anchor`).
+LATTICE_FIELDS = ("reference_T_K", "a_exp_A", "b_exp_A", "c_exp_A", "alpha_exp_per_K", "alpha_a_exp_per_K",
+                  "alpha_b_exp_per_K", "alpha_c_exp_per_K")
+
+
+def lattice_params(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[str, Any]:
+    """The post stage's ``lattice``: ``mode`` (config ``lattice``) and, with ``experiment``, per unit the
+    experimental fields of its crystal (:data:`LATTICE_FIELDS`)."""
+    mode = config["lattice"]
+    crystals = {u["name"]: {k: u[k] for k in LATTICE_FIELDS if u.get(k) is not None} for u in units} \
+        if mode == "experiment" else {}
+    return {"mode": mode, "crystals": crystals}
+
+
 def _run_entries(config: dict[str, Any], unit: str) -> list[dict[str, Any]]:
     supercell = list(grid.unit(config, unit)["supercell"])
     return [{**r.as_dict(), "supercell": supercell} for r in grid.runs(config, unit)]
@@ -98,7 +112,8 @@ def shard_params(config: dict[str, Any], shard: str) -> dict[str, dict[str, Any]
       :func:`reference_params`; ``xrd`` for the static patterns.
     * ``md``: the shard's runs in lockstep batches (:func:`mdxrd.grid.md_batches`), each run with
       unit, ensemble, temperature_K, replica and its :func:`md_params`.
-    * ``post``: ``snapshots`` and ``xrd`` settings, and every run (with its unit's supercell).
+    * ``post``: ``snapshots`` and ``xrd`` settings, ``lattice`` (:func:`lattice_params`), and every run
+      (with its unit's supercell).
     * ``qc``: the ``tolerances`` (config ``qc``), ``md`` (n_equil, timestep_fs) and per unit its
       crystal entry and runs.
     * ``dataset``: ``drop_melted``, ``instrument`` and per crystal its entry, split and units
@@ -114,6 +129,7 @@ def shard_params(config: dict[str, Any], shard: str) -> dict[str, dict[str, Any]
         "md": {"batches": [[{**r.as_dict(), "params": md_params(config, r)} for r in batch]
                            for batch in grid.md_batches(config, shard)]},
         "post": {"snapshots": snapshot_params(config), "xrd": xrd_params(config),
+                 "lattice": lattice_params(config, units),
                  "runs": [r for u in units for r in _run_entries(config, u["name"])]},
         "qc": {"tolerances": config["qc"], "md": {k: md[k] for k in ("n_equil", "timestep_fs")},
                "units": [{"name": u["name"], "crystal": {k: v for k, v in u.items() if k not in ("potential", "cif")},

@@ -119,6 +119,10 @@ def plot_thermal(qc: dict[str, Any], out: str | Path) -> None:
         if npt:
             ax_a.plot([p["temperature_K"] for p in npt], [p["a"] for p in npt], "^-", color="C0",
                       label="NPT-Berendsen, mean of snapshots")
+        anchored = qc.get("a_T_anchored") or []
+        if anchored:
+            ax_a.plot([p["temperature_K"] for p in anchored], [p["a"] for p in anchored], "D", color="C2", mfc="none",
+                      label="patterns' a (lattice: experiment)")
         if "a_exp_A" in exp:
             e = exp["a_exp_A"]
             ax_a.plot([e["T_K"]], [e["value"]], "r*", ms=11, label=f"experiment, {e['T_K']:g} K (source: QC table)")

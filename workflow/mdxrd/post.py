@@ -10,6 +10,10 @@ For each run of the shard (in parallel over ``--workers`` processes):
    every instrument condition and the run's average; into the run's xrd directory:
    ``reflections.parquet``, ``patterns.npz``, ``average.npz``.
 
+With ``lattice: experiment`` (:mod:`mdxrd.lattice`) step 2 works on the snapshots' cells scaled per axis to
+the crystal's experimental lattice at the run's temperature; the summary records the scale factors
+(``lattice_anchor``).
+
 A run whose summary carries the stamp of the same parameters and MD run (and whose five
 files exist) is reused; the stamp is written last, so a run interrupted half-way is redone.
 A run that fails does not stop the others; the job then fails naming it.
@@ -23,8 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from ase.io import read
+
 from mdxrd.cli import UserError
 from mdxrd.io import load_params, read_json, write_json
+from mdxrd.lattice import AXES, anchor, mean_lengths
 from mdxrd.shard import fail_if, fill, is_current, run_all, stamp, write_manifest
 from mdxrd.snapshots import run_stage as snapshots_stage
 from mdxrd.xrd.stage import run_stage as xrd_stage
@@ -41,7 +49,9 @@ def process_run(job: dict[str, Any]) -> dict[str, Any]:
     run, params = job["run"], job["params"]
     md, snap, xrd = Path(job["md_dir"]), Path(job["snapshots_dir"]), Path(job["xrd_dir"])
     entry = {k: run[k] for k in ("unit", "ensemble", "temperature_K", "replica")}
-    run_stamp = stamp(params["snapshots"], params["xrd"], run, read_json(md / "run.json").get("stamp"))
+    anchored = _anchor(job) if job.get("lattice") is not None else None
+    run_stamp = stamp(params["snapshots"], params["xrd"], run, read_json(md / "run.json").get("stamp"),
+                      *([anchored] if anchored is not None else []))
     if is_current(snap / "summary.json", run_stamp, [*(snap / f for f in SNAPSHOT_FILES), *(xrd / f for f in XRD_FILES)]):
         return {**entry, "reused": True}
     snapshots_stage(md / "trajectory.traj", md / "velocities.npy", md / "thermo.csv", snap / "snapshots.traj",
@@ -49,10 +59,34 @@ def process_run(job: dict[str, Any]) -> dict[str, Any]:
                     sites=job["sites"], **params["snapshots"])
     xrd_stage(snap / "snapshots.traj", xrd / "reflections.parquet", xrd / "patterns.npz", xrd / "average.npz",
               supercell=run["supercell"], centring=read_json(job["structure_info"])["centring_translations"],
+              lattice_scale=[anchored["scale"][x] for x in AXES] if anchored and anchored["method"] else None,
               **params["xrd"])
     summary = read_json(snap / "summary.json")
+    if anchored is not None:
+        summary["lattice_anchor"] = anchored
     write_json(snap / "summary.json", {**summary, "stamp": run_stamp})  # last: the run is complete
     return {**entry, "reused": False}
+
+
+def _window_lengths(md_dir: str | Path, supercell: list[int]) -> dict[str, float]:
+    """A run's mean parent-cell lengths over its sampling window (its positions.npz cells), Angstrom."""
+    with np.load(Path(md_dir) / "positions.npz") as window:
+        return mean_lengths(window["cells_A"], supercell)
+
+
+def _anchor(job: dict[str, Any]) -> dict[str, Any]:
+    """The run's anchored lattice (:func:`mdxrd.lattice.anchor`) from its window, its unit's 0 K supercell and
+    NPT runs (``job``: see :func:`run_shard`); warns when the crystal keeps the potential's lattice."""
+    run = job["run"]
+    sites = read(job["sites"])
+    lengths_0K = dict(zip(AXES, map(float, sites.cell.lengths() / np.asarray(run["supercell"])), strict=True))
+    npt = [(t, _window_lengths(d, run["supercell"])) for t, d in job["npt_md_dirs"]]
+    out = anchor(job["lattice"], float(run["temperature_K"]), _window_lengths(job["md_dir"], run["supercell"]),
+                 lengths_0K, npt)
+    if out["method"] is None:
+        log.warning("%s: lattice: experiment needs %s; the potential's lattice is kept", run["unit"],
+                    ", ".join(out["missing"]))
+    return out
 
 
 def run_shard(params: dict[str, Any], md_template: str, structure_template: str, snapshots_template: str,
@@ -86,15 +120,24 @@ def run_shard(params: dict[str, Any], md_template: str, structure_template: str,
         Some runs failed (named, with their errors); the others are written.
     """
     started = time.perf_counter()
+
+    def fields(run: dict[str, Any]) -> dict[str, Any]:
+        return {"unit": run["unit"], "ensemble": run["ensemble"], "temperature": f"{float(run['temperature_K']):g}",
+                "replica": run["replica"]}
+
+    lattice = params.get("lattice", {"mode": "potential", "crystals": {}})
     jobs = []
     for run in params["runs"]:
-        fields = {"unit": run["unit"], "ensemble": run["ensemble"], "temperature": f"{float(run['temperature_K']):g}",
-                  "replica": run["replica"]}
         sdir = fill(structure_template, unit=run["unit"])
+        anchored = lattice["mode"] == "experiment"
+        npt = [(float(r["temperature_K"]), str(fill(md_template, **fields(r)))) for r in params["runs"]
+               if anchored and r["unit"] == run["unit"] and r["ensemble"].startswith("npt")]
         jobs.append({"run": run, "params": {"snapshots": params["snapshots"], "xrd": params["xrd"]},
-                     "md_dir": str(fill(md_template, **fields)), "snapshots_dir": str(fill(snapshots_template, **fields)),
-                     "xrd_dir": str(fill(xrd_template, **fields)), "sites": str(sdir / "supercell.traj"),
-                     "structure_info": str(sdir / "structure.json")})
+                     "md_dir": str(fill(md_template, **fields(run))),
+                     "snapshots_dir": str(fill(snapshots_template, **fields(run))),
+                     "xrd_dir": str(fill(xrd_template, **fields(run))), "sites": str(sdir / "supercell.traj"),
+                     "structure_info": str(sdir / "structure.json"),
+                     "lattice": lattice["crystals"].get(run["unit"], {}) if anchored else None, "npt_md_dirs": npt})
     results, failures = run_all(jobs, process_run, lambda j: j["md_dir"], workers=workers)
     fail_if(failures, "runs", len(jobs))
     write_manifest(manifest, "post", results, started)

@@ -55,6 +55,7 @@ from mdxrd import plots
 from mdxrd.displacements import pattern_debye_waller
 from mdxrd.grid import units
 from mdxrd.io import atomic_path, load_params, read_json, write_json
+from mdxrd.lattice import distinct_axes
 from mdxrd.shard import fail_if, fill, run_all, write_manifest
 
 log = logging.getLogger(__name__)
@@ -123,17 +124,6 @@ def axis_expansion(temperatures_K: np.ndarray, lengths_A: np.ndarray) -> float:
     return float(slope / (slope * t.mean() + intercept))
 
 
-def distinct_axes(lattice: dict[str, float], rtol: float = 1e-4) -> list[str]:
-    """The cell axes whose lengths the lattice system leaves independent: ["a"] (cubic), ["a", "c"]
-    (tetragonal, hexagonal, trigonal), ["a", "b", "c"] (orthorhombic and lower)."""
-    axes = ["a"]
-    if abs(lattice["b"] / lattice["a"] - 1.0) > rtol:
-        axes.append("b")
-    if all(abs(lattice["c"] / lattice[x] - 1.0) > rtol for x in axes):
-        axes.append("c")
-    return axes
-
-
 def _row(crystal: str, scope: str, check: str, value: float | None, reference: float | None, ok: bool,
          detail: str, compare: bool = False) -> dict[str, Any]:
     """One QC row; ``compare``: a comparison of a figure with a reference value (deviation = value/reference - 1)."""
@@ -168,6 +158,14 @@ def _run_rows(name: str, runs: list[dict[str, Any]], tolerances: dict[str, Any])
                          f"{s['tau_int_msd_fs']:.0f} fs (E_pot {s['tau_int_E_pot_fs']:.0f} fs)"))
         rows.append(_row(name, scope, "not_melted", float(s["lindemann_ratio"]), None, not s["melted"],
                          f"Lindemann ratio {s['lindemann_ratio']:.3f}"))
+        anchored = s.get("lattice_anchor")
+        if anchored is not None:
+            kept = anchored["method"] is None
+            rows.append(_row(name, scope, "lattice_anchored", None if kept else anchored["scale"]["a"], None,
+                             not kept, f"lattice: experiment needs {', '.join(anchored['missing'])}: the potential's "
+                             "lattice is kept" if kept else f"patterns on experiment's lattice ({anchored['method']}): "
+                             + ", ".join(f"{x} {anchored['potential_A'][x]:.4f} -> {anchored['target_A'][x]:.4f} A"
+                                         for x in "abc")))
         dw = r.get("pattern_debye_waller")
         if dw is not None:
             tol = tolerances["B_iso_pattern_tolerance"]
@@ -261,6 +259,9 @@ def crystal_qc(crystal: dict[str, Any], reference: dict[str, Any], runs: list[di
         "B_at_reference_A2": {el: b_model(el, t_ref) for el in elements}, "B_reference_runs": "npt" if npt else "all",
         "eos": {k: eos[k] for k in ("V0_A3", "E0_eV", "B0_GPa", "B0_prime", "fit_rms_meV")},
         "lattice_deviation_pct": dev, "experiment": {},
+        "a_T_anchored": [{"temperature_K": r["temperature_K"], "ensemble": r["ensemble"],
+                          **r["summary"]["lattice_anchor"]["target_A"]} for r in runs
+                         if (r["summary"].get("lattice_anchor") or {}).get("method")],
     }
 
     def compare(key: str, check: str, model: Any, tolerance: str, describe: Any) -> None:

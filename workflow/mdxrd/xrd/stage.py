@@ -76,6 +76,7 @@ def run_stage(
     supercell: Sequence[int],
     centring: Sequence[Sequence[float]] = (),
     instrument: Sequence[Instrument | Mapping[str, Any]] = (DEFAULT_INSTRUMENT,),
+    lattice_scale: Sequence[float] | None = None,
 ) -> None:
     """XRD of every snapshot of a trajectory for every condition: reflections (Parquet), patterns and average (npz).
 
@@ -101,6 +102,8 @@ def run_stage(
         supercell: Supercell multiple (na, nb, nc) of the snapshots.
         centring: Centring translations of the parent cell (:func:`mdxrd.xrd.reflections.centring_translations`).
         instrument: The conditions (:class:`mdxrd.xrd.patterns.Instrument` or config mappings).
+        lattice_scale: (s_a, s_b, s_c): every snapshot's cell vectors multiplied by these, the fractional
+            coordinates kept (an anchored lattice, :mod:`mdxrd.lattice`); None: the cells as they are.
 
     Raises:
         ValueError: empty trajectory, frames with different species, a bad condition, or any
@@ -121,6 +124,8 @@ def run_stage(
         if atoms.get_chemical_symbols() != species:
             raise ValueError(f"{snapshots_path}: frame {i} has other species than frame 0")
     cells = np.stack([np.array(a.cell.array, dtype=np.float64) for a in frames])
+    if lattice_scale is not None:
+        cells = cells * np.asarray(lattice_scale, dtype=np.float64)[None, :, None]
     frac = np.stack([a.get_scaled_positions(wrap=False) for a in frames])
     info = [_frame_info(a, i) for i, a in enumerate(frames)]
     steps = np.array([s for s, _ in info], dtype=np.int64)
