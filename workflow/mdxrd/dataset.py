@@ -128,6 +128,12 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("interval_too_short", pa.bool_(), "n_interval dt < tau_corr"),
     ("lindemann_ratio", pa.float64(), "sqrt(<|u|^2>)/d_nn of the run (3-D, about the lattice sites)"),
     ("melted", pa.bool_(), "lindemann_ratio above snapshots.lindemann_threshold"),
+    ("space_group_mean", pa.string(), "Hermann-Mauguin symbol of the run's time-averaged crystal (every atom at its "
+                                      "mean position over the window, mdxrd.displacements.phase_check); null when "
+                                      "spglib names none"),
+    ("space_group_mean_number", pa.int32(), "its number, 1-230"),
+    ("phase_kept", pa.bool_(), "every symmetry operation of the input holds on the time-averaged crystal within the "
+                               "noise of its mean positions and snapshots.phase_tolerance_A, and the run did not melt"),
     ("equilibrated", pa.bool_(), "the sampling window met its targets (mean T; NPT: mean P and volume drift); a mean "
                                  "beyond its tolerance but within 3 standard errors is not a miss"),
     ("window_T_K", pa.float64(), "mean kinetic T over the sampling window (steps >= n_equil), K"),
@@ -277,6 +283,7 @@ def _run_rows(section: dict[str, Any], key: dict[str, Any], summary: dict[str, A
         "replica": key["replica"], "seed": run["params"]["seed"], "n_snapshots": len(frames),
         "tau_corr_fs": summary["tau_corr_fs"], "interval_too_short": summary["interval_too_short"],
         "lindemann_ratio": summary["lindemann_ratio"], "melted": summary["melted"],
+        **{k: summary.get(k) for k in ("space_group_mean", "space_group_mean_number", "phase_kept")},
         **{k: summary[k] for k in RUN_FIGURES},
         "B_iso": [{"element": el, "B_A2": b, "B_sem_A2": summary["B_iso_sem_A2"][el]}
                   for el, b in summary["B_iso_A2"].items()],

@@ -173,6 +173,146 @@ def mean_structure(positions: np.ndarray, cells: np.ndarray, sites: Atoms) -> At
     return out
 
 
+#: Phase check: the smallest rms static distortion per atom counted as a change of phase, Angstrom
+#: (config snapshots.phase_tolerance_A), and the significance of a distortion against the noise of
+#: the mean positions (in standard deviations of D_g^2 under the kept phase).
+PHASE_TOLERANCE_A = 0.02
+PHASE_SIGNIFICANCE = 5.0
+#: Relative tolerance on the mean cell's metric under an operation (a strain of 0.2 % breaks it).
+METRIC_TOLERANCE = 2e-3
+
+
+def symmetry_operations(sites: Atoms, symprec_A: float = 1e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The space-group operations of the 0 K supercell and the atom each maps each atom onto.
+
+    Parameters
+    ----------
+    sites
+        The supercell on its 0 K sites (N atoms).
+    symprec_A
+        spglib's distance tolerance, Angstrom.
+
+    Returns
+    -------
+    (rotations, translations, mapping)
+        (n_g, 3, 3) int rotations and (n_g, 3) translations in the supercell's fractional
+        coordinates (s -> R s + t), and (n_g, N) int: operation g takes atom i onto atom mapping[g, i].
+
+    Raises
+    ------
+    ValueError
+        spglib finds no symmetry in the sites.
+    """
+    frac = sites.get_scaled_positions(wrap=True)
+    sym = spglib.get_symmetry((sites.cell.array, frac, sites.numbers), symprec=symprec_A)
+    if sym is None:
+        raise ValueError("spglib found no symmetry in the 0 K sites")
+    rot, trans = sym["rotations"], sym["translations"]
+    images = np.einsum("gij,nj->gni", rot, frac) + trans[:, None, :]
+    diff = images[:, :, None, :] - frac[None, None, :, :]
+    diff -= np.round(diff)
+    dist = np.linalg.norm(np.einsum("gnmi,ij->gnmj", diff, sites.cell.array), axis=-1)
+    dist += np.where(sites.numbers[None, :] == sites.numbers[:, None], 0.0, np.inf)[None]
+    return rot, trans, np.argmin(dist, axis=2)
+
+
+def phase_check(positions: np.ndarray, cells: np.ndarray, sites: Atoms, u2_per_direction_A2: float,
+                tau_u_fs: float, window_fs: float, melted: bool, tolerance_A: float = PHASE_TOLERANCE_A
+                ) -> dict[str, Any]:
+    """Did the run stay in its phase? Each symmetry operation of the input tested on the time-averaged crystal.
+
+    The time-averaged crystal: every atom at its own mean fractional position over the window (its
+    mean displacement d_i from its 0 K site, steps 1-2 of the module) in the mean cell h. Its own
+    mean, not its sublattice's, so that a distortion of nonzero wave vector (octahedra tilting in
+    opposite senses in neighbouring cells) is seen. For every space-group operation g = (R, t) of
+    the 0 K supercell (spglib; Togo & Tanaka, arXiv:1808.01590), taking atom i onto atom g(i):
+
+    * positions: the rms residual D_g^2 = <|(R d_i - d_g(i)) h|^2>_i / 3 per direction. A mean
+      position carries noise of variance sigma^2 = <u^2> 2 tau_u / T_window per direction (the
+      atom's slow motion; ``tau_u`` the displacements' integrated autocorrelation time), so in the
+      kept phase D_g^2 ~ 2 sigma^2 with relative spread ~ sqrt(2/N). The operation is broken when
+      D_g^2 > 2 sigma^2 (1 + ``PHASE_SIGNIFICANCE`` sqrt(2/N)) and the excess
+      sqrt(D_g^2 - 2 sigma^2) exceeds ``tolerance_A`` (smaller static distortions are not a phase);
+    * cell: broken when the mean metric G = h h^T changes under R by more than
+      :data:`METRIC_TOLERANCE` relative (a strained cell).
+
+    The phase is kept when no operation is broken and the run did not melt (a liquid's mean
+    positions mean nothing). The mean structure's space group: the input's when nothing broke, else
+    spglib's on the mean displacements averaged over the operations that hold (which leaves the
+    distortion and divides the noise by their number), at tolerance max(``tolerance_A``,
+    3 sigma / sqrt(n_held)).
+
+    Parameters
+    ----------
+    positions, cells, sites
+        As :func:`site_displacements`.
+    u2_per_direction_A2
+        <u^2> per direction over all atoms (B / (8 pi^2) averaged), Angstrom^2.
+    tau_u_fs, window_fs
+        The displacements' integrated autocorrelation time and the window's length, fs.
+    melted
+        The run's Lindemann flag.
+    tolerance_A
+        Smallest rms static distortion per atom that counts, Angstrom.
+
+    Returns
+    -------
+    dict
+        ``space_group_input`` and ``space_group_input_number`` (the 0 K supercell's),
+        ``space_group_mean`` and ``space_group_mean_number`` (see above; None when spglib finds none,
+        or finds the input's although operations broke: a marginal distortion; None for a melted run), ``phase_kept``, ``phase_broken_operations`` (how
+        many of the input's fail), ``phase_distortion_A`` (largest excess sqrt(D_g^2 - 2 sigma^2)),
+        ``phase_noise_A`` (sigma) and ``phase_tolerance_A``.
+    """
+    rot, trans, mapping = symmetry_operations(sites)
+    d, _, _, h = _scaled_offsets(positions, cells, sites)
+    d_mean, h_mean = d.mean(axis=0), h.mean(axis=0)
+    n = len(sites)
+    sigma2 = float(u2_per_direction_A2) * min(1.0, 2.0 * float(tau_u_fs) / max(float(window_fs), 1e-12))
+    resid = np.einsum("gij,nj->gni", rot, d_mean) - d_mean[mapping]
+    d2 = np.mean(np.einsum("gni,ij->gnj", resid, h_mean) ** 2, axis=(1, 2))
+    excess = np.sqrt(np.clip(d2 - 2.0 * sigma2, 0.0, None))
+    broken_pos = (d2 > 2.0 * sigma2 * (1.0 + PHASE_SIGNIFICANCE * math.sqrt(2.0 / n))) & (excess > tolerance_A)
+    # the metric in fractional coordinates, G = h h^T: an operation R keeps it when R^T G R = G
+    metric = h_mean @ h_mean.T
+    change = np.linalg.norm(np.einsum("gji,jk,gkl->gil", rot, metric, rot) - metric, axis=(1, 2))
+    broken = broken_pos | (change > METRIC_TOLERANCE * np.linalg.norm(metric))
+    symbol_in, number_in = _type_of(rot, trans, sites.cell.array)
+    symbol, number = symbol_in, number_in
+    if broken.any():  # the group of the mean structure symmetrized by the operations that hold
+        kept = np.flatnonzero(~broken)
+        d_sym = np.zeros_like(d_mean)
+        for g in kept:
+            d_sym[mapping[g]] += d_mean @ rot[g].T
+        mean = sites.copy()
+        mean.set_cell(h_mean, scale_atoms=False)
+        mean.set_scaled_positions(sites.get_scaled_positions(wrap=False) + d_sym / len(kept))
+        symprec = max(tolerance_A, 3.0 * math.sqrt(sigma2 / len(kept)))
+        found = spglib.get_symmetry_dataset((mean.cell.array, mean.get_scaled_positions(wrap=True), mean.numbers),
+                                            symprec=symprec)
+        symbol, number = (str(found.international), int(found.number)) if found is not None else (None, None)
+        if number == number_in:  # a marginal distortion: the held operations do not name a subgroup
+            symbol, number = None, None
+    if melted:  # a liquid has no space group; its mean positions are noise
+        symbol, number = None, None
+    return {"space_group_input": symbol_in, "space_group_input_number": number_in, "space_group_mean": symbol,
+            "space_group_mean_number": number, "phase_kept": bool(not broken.any() and not melted),
+            "phase_broken_operations": int(broken.sum()), "phase_distortion_A": float(excess.max()),
+            "phase_noise_A": math.sqrt(sigma2), "phase_tolerance_A": float(tolerance_A)}
+
+
+def _type_of(rotations: np.ndarray, translations: np.ndarray, lattice: np.ndarray) -> tuple[str | None, int | None]:
+    """(Hermann-Mauguin symbol, number) of a set of operations; (None, None) when spglib finds no type."""
+    if len(rotations) == 0:
+        return None, None
+    found = spglib.get_spacegroup_type_from_symmetry(np.ascontiguousarray(rotations, dtype="intc"),
+                                                     np.ascontiguousarray(translations, dtype="d"),
+                                                     lattice=np.ascontiguousarray(lattice, dtype="d"))
+    if found is None:
+        return None, None
+    return str(found.international_short), int(found.number)
+
+
 def b_iso_series(u: np.ndarray, symbols: Sequence[str]) -> dict[str, np.ndarray]:
     """Per element, the Debye-Waller B of each step, 8 pi^2 <u^2>_(atoms, directions), Angstrom^2.
 

@@ -76,7 +76,8 @@ def snapshot_params(config: dict[str, Any]) -> dict[str, Any]:
     md = config["md"]
     return {**{k: md[k] for k in ("n_steps", "n_equil", "n_interval", "timestep_fs")},
             **{k: config["snapshots"][k] for k in ("lindemann_threshold", "temperature_tolerance",
-                                                     "pressure_tolerance_GPa", "volume_drift_tolerance")}}
+                                                     "pressure_tolerance_GPa", "volume_drift_tolerance",
+                                                     "phase_tolerance_A")}}
 
 
 def xrd_params(config: dict[str, Any]) -> dict[str, Any]:

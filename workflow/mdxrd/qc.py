@@ -31,7 +31,7 @@ reference (:mod:`mdxrd.reference`):
 The QC table is long: one row per check with crystal, scope (``crystal`` or the run
 ``ensemble/TK/rN``), check, value, reference, deviation (relative), status (``pass``
 or ``warn``) and detail. Checks: per run equilibrated, independent snapshots >=
-``min_independent_snapshots``, not melted, B_iso against the run's own pattern (NVT);
+``min_independent_snapshots``, not melted, phase kept (:func:`mdxrd.displacements.phase_check`), B_iso against the run's own pattern (NVT);
 per crystal the 0 K relaxation converged and every experimental comparison within its
 tolerance.
 """
@@ -158,6 +158,12 @@ def _run_rows(name: str, runs: list[dict[str, Any]], tolerances: dict[str, Any])
                          f"{s['tau_int_msd_fs']:.0f} fs (E_pot {s['tau_int_E_pot_fs']:.0f} fs)"))
         rows.append(_row(name, scope, "not_melted", float(s["lindemann_ratio"]), None, not s["melted"],
                          f"Lindemann ratio {s['lindemann_ratio']:.3f}"))
+        if "phase_kept" in s:
+            rows.append(_row(name, scope, "phase_kept", s["phase_distortion_A"], None, bool(s["phase_kept"]),
+                             f"time-averaged crystal {s['space_group_mean'] or 'unnamed subgroup'} vs input "
+                             f"{s['space_group_input']}: {s['phase_broken_operations']} operations broken, "
+                             f"distortion {s['phase_distortion_A']:.3f} A (noise {s['phase_noise_A']:.3f} A, "
+                             f"tolerance {s['phase_tolerance_A']:g} A); Lindemann ratio {s['lindemann_ratio']:.3f}"))
         anchored = s.get("lattice_anchor")
         if anchored is not None:
             kept = anchored["method"] is None

@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 from ase.io import read, write
 
-from mdxrd.displacements import thermal_motion
+from mdxrd.displacements import PHASE_TOLERANCE_A, phase_check, thermal_motion
 from mdxrd.io import atomic_path, read_json, write_json
 from mdxrd.statistics import block_standard_error, integrated_autocorrelation_time
 
@@ -232,7 +232,7 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
               summary_out: str | Path, *, run_info: str | Path, positions: str | Path, sites: str | Path,
               n_steps: int, n_equil: int, n_interval: int, timestep_fs: float, lindemann_threshold: float = 0.2,
               temperature_tolerance: float = 0.03, pressure_tolerance_GPa: float = 0.3,
-              volume_drift_tolerance: float = 0.003) -> dict:
+              volume_drift_tolerance: float = 0.003, phase_tolerance_A: float = PHASE_TOLERANCE_A) -> dict:
     """Select snapshots of one MD run, measure tau_corr and the thermal motion, write the snapshots and a JSON summary.
 
     Parameters
@@ -254,7 +254,9 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
         the same window (steps >= n_equil), energy_drift_meV_per_atom_ps (:func:`energy_drift`),
         tau_int_E_pot_fs, tau_int_u_fs and tau_int_msd_fs (integrated autocorrelation times, fs),
         n_independent_snapshots, B_iso_A2 (element -> Angstrom^2) and B_iso_sem_A2
-        (:func:`mdxrd.displacements.thermal_motion`).
+        (:func:`mdxrd.displacements.thermal_motion`), and the phase check's figures
+        (:func:`mdxrd.displacements.phase_check`: space_group_mean, phase_kept, ...; ``phase_tolerance_A``
+        its smallest distortion).
 
     Raises
     ------
@@ -335,6 +337,18 @@ def run_stage(trajectory: str | Path, velocities: str | Path, thermo: str | Path
     summary["n_independent_snapshots"] = len(snaps) / max(1.0, tau_motion / t_sample)
     summary["B_iso_A2"] = motion["B_iso_A2"]
     summary["B_iso_sem_A2"] = motion["B_iso_sem_A2"]
+    symbols = reference.get_chemical_symbols()
+    u2 = float(np.mean([motion["B_iso_A2"][el] for el in symbols])) / (8.0 * math.pi**2)
+    phase = phase_check(window["positions_A"], window["cells_A"], reference, u2, motion["tau_int_u_fs"],
+                        (n_steps - n_equil) * timestep_fs, bool(melted), tolerance_A=phase_tolerance_A)
+    summary.update(phase)
+    if phase["phase_kept"]:
+        log.info("phase kept: the time-averaged crystal has every operation of %s", phase["space_group_input"])
+    else:
+        log.warning("phase not kept: %s%d of the input's %s operations broken (distortion %.3f A, noise of the mean "
+                    "positions %.3f A), time-averaged group %s; Lindemann ratio %.3f",
+                    "melted; " if melted else "", phase["phase_broken_operations"], phase["space_group_input"],
+                    phase["phase_distortion_A"], phase["phase_noise_A"], phase["space_group_mean"], lindemann)
     log.info("integrated autocorrelation times: displacements %.1f fs, their mean square %.1f fs, E_pot %.1f fs: "
              "%.1f effectively independent snapshots of %d; E_tot drift %.3f meV/atom/ps", motion["tau_int_u_fs"],
              motion["tau_int_msd_fs"], summary["tau_int_E_pot_fs"], summary["n_independent_snapshots"], len(snaps),
