@@ -24,9 +24,10 @@ def _config(tmp_path, monkeypatch, potentials):
 
 
 def test_bad_potential_is_refused_at_parse_time(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="potentials.*chgnet, sevennet-0"):
+    with pytest.raises(ConfigError, match="potentials.*chgnet, chgnet-r2scan, sevennet-0, sevennet-l3i5, sevennet-mf-0"):
         _config(tmp_path, monkeypatch, ["mace-mp-0"])
-    with pytest.raises(PotentialError, match="unknown potential 'nequip'.*allowed are chgnet, sevennet-0"):
+    with pytest.raises(PotentialError, match="unknown potential 'nequip'.*allowed are chgnet, chgnet-r2scan, "
+                                             "sevennet-0, sevennet-l3i5, sevennet-mf-0"):
         resolve_potential("nequip")
     with pytest.raises(ConfigError, match=r"potentials\[0\].*cannot import module 'no_such_pkg.calc'"):
         _config(tmp_path, monkeypatch, [{"name": "x", "module": "no_such_pkg.calc", "class": "Calc"}])
@@ -107,6 +108,57 @@ def test_sevennet_forces_equal_its_own_calculator():
     assert -(e[0] - e[1]) / (2 * h) == pytest.approx(f_ours[i, 0], abs=2e-3)
 
 
+def _package_calculator(name: str):
+    """The package's own ASE calculator of a built-in potential (the oracle)."""
+    if name == "chgnet-r2scan":
+        from chgnet.model import CHGNet
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        return CHGNetCalculator(model=CHGNet.load(model_name="r2scan", verbose=False), use_device="cpu")
+    from sevenn.calculator import SevenNetCalculator
+
+    if name == "sevennet-l3i5":
+        return SevenNetCalculator("7net-l3i5", device="cpu")
+    return SevenNetCalculator("7net-mf-0", device="cpu", modal=name.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("spec, oracle", [
+    ("chgnet-r2scan", "chgnet-r2scan"), ("sevennet-l3i5", "sevennet-l3i5"), ("sevennet-mf-0", "mf:PBE"),
+    ({"name": "sevennet-mf-0", "modal": "R2SCAN"}, "mf:R2SCAN")])
+def test_more_builtins_equal_their_packages_calculators(spec, oracle):
+    if oracle != "chgnet-r2scan":
+        pytest.importorskip("sevenn")
+    atoms = _displaced_si()
+    resolved = resolve_potential(spec)
+    atoms.calc = make_potential(resolved, "cpu")
+    ref = atoms.copy()
+    ref.calc = _package_calculator(oracle)
+    np.testing.assert_allclose(atoms.get_forces(), ref.get_forces(), atol=1e-5)
+    assert atoms.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-5)
+    np.testing.assert_allclose(atoms.get_stress(), ref.get_stress(), atol=1e-7)
+    assert np.abs(atoms.get_forces()).max() > 0.1
+    if oracle.startswith("mf:"):
+        assert resolved["options"] == {"modal": oracle[3:]}
+        assert resolved["name"] == {"PBE": "sevennet-mf-0", "R2SCAN": "sevennet-mf-0-r2scan"}[oracle[3:]]
+
+
+def test_heads_and_models_differ_and_bad_options_are_named():
+    pytest.importorskip("sevenn")
+    atoms = _displaced_si()
+    energies = {}
+    for spec in ("chgnet", "chgnet-r2scan", "sevennet-mf-0", {"name": "sevennet-mf-0", "modal": "R2SCAN"}):
+        resolved = resolve_potential(spec)
+        atoms.calc = make_potential(resolved, "cpu")
+        energies[resolved["name"]] = atoms.get_potential_energy() / len(atoms)
+    # each name is its own model: r2SCAN heads bind Si more strongly than the PBE ones (eV/atom)
+    assert abs(energies["chgnet"] - energies["chgnet-r2scan"]) > 0.1
+    assert abs(energies["sevennet-mf-0"] - energies["sevennet-mf-0-r2scan"]) > 0.1
+    with pytest.raises(PotentialError, match="modal: 'HSE' is not allowed; allowed: PBE, R2SCAN"):
+        resolve_potential({"name": "sevennet-mf-0", "modal": "HSE"})
+    with pytest.raises(PotentialError, match="unknown option"):
+        resolve_potential({"name": "chgnet", "modal": "PBE"})
+
+
 def test_generic_ase_calculator_runs_through_the_single_run_engine(tmp_path):
     from conftest import cu_fcc
     from mdxrd.md import MDParams, run_md
@@ -165,7 +217,7 @@ def test_a_builtin_potential_is_one_file(tmp_path, monkeypatch):
     monkeypatch.setattr(potentials, "__path__", [*potentials.__path__, str(tmp_path)])
     monkeypatch.delitem(sys.modules, "mdxrd.potentials.toy", raising=False)
     found = potentials._builtin()
-    assert list(found)[:2] == ["chgnet", "sevennet-0"] and "toy" in found
+    assert list(found)[:3] == ["chgnet", "chgnet-r2scan", "sevennet-0"] and "toy" in found
     monkeypatch.setattr(potentials, "BUILTIN", found)
     entry = resolve_potential("toy")
     emt_py = Path(list(importlib.util.find_spec("ase").submodule_search_locations)[0]) / "calculators" / "emt.py"

@@ -9,7 +9,10 @@ One file per built-in potential, each a :class:`~mdxrd.potentials.base.BuiltinPo
 (build, batch evaluation, provenance; the interface is in :mod:`mdxrd.potentials.base`):
 
 * :mod:`mdxrd.potentials.chgnet`: ``chgnet``, CHGNet 0.3.0, the default;
-* :mod:`mdxrd.potentials.sevennet`: ``sevennet-0``, SevenNet-0.
+* :mod:`mdxrd.potentials.chgnet_r2scan`: ``chgnet-r2scan``, CHGNet transfer-learned on r2SCAN;
+* :mod:`mdxrd.potentials.sevennet`: ``sevennet-0``, SevenNet-0;
+* :mod:`mdxrd.potentials.sevennet_l3i5`: ``sevennet-l3i5``;
+* :mod:`mdxrd.potentials.sevennet_mf_0`: ``sevennet-mf-0``, multi-fidelity (``modal``: PBE or R2SCAN).
 
 Adding one is adding a file that defines ``POTENTIAL``. :func:`resolve_potential` checks at parse time
 that the package is installed and the weights are on disk, without importing torch-heavy packages, and
@@ -61,7 +64,8 @@ def resolve_potential(spec: str | dict[str, Any]) -> dict[str, Any]:
     Parameters
     ----------
     spec
-        A name of :data:`BUILTIN` or ``{name, module, class, kwargs, model_file}``.
+        A name of :data:`BUILTIN`, ``{name: <built-in>, <option>: value}`` (a built-in's options, e.g.
+        SevenNet-MF-0's ``modal``) or ``{name, module, class, kwargs, model_file}``.
 
     Returns
     -------
@@ -76,11 +80,14 @@ def resolve_potential(spec: str | dict[str, Any]) -> dict[str, Any]:
         Unknown name (the allowed ones listed), package not installed (what to install),
         model file missing (what to point to), class not found in the module.
     """
-    if isinstance(spec, str):
-        if spec not in BUILTIN:
-            raise PotentialError(f"unknown potential {spec!r}: allowed are {', '.join(BUILTIN)} or "
-                                 "{name, module, class, kwargs} for any ASE calculator")
-        return BUILTIN[spec].resolve()
+    if isinstance(spec, str) or "module" not in spec:
+        name, options = (spec, {}) if isinstance(spec, str) else \
+            (spec.get("name"), {k: v for k, v in spec.items() if k != "name"})
+        if name not in BUILTIN:
+            raise PotentialError(f"unknown potential {name!r}: allowed are {', '.join(BUILTIN)}, "
+                                 "{name: <built-in>, <option>: <value>} or {name, module, class, kwargs} for any ASE "
+                                 "calculator")
+        return BUILTIN[name].resolve(**options)
     return ase_calculator.resolve(spec)
 
 
@@ -100,4 +107,5 @@ def make_potential(potential: dict[str, Any] | None, device: str = "auto", calcu
         return BUILTIN[DEFAULT].build(device, calculator)
     if potential["kind"] == "ase":
         return ase_calculator.build(potential)
-    return BUILTIN[potential["name"]].build(device, calculator)
+    return BUILTIN[potential.get("builtin", potential["name"])].build(device, calculator,
+                                                                      **potential.get("options", {}))

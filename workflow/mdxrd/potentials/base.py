@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,12 @@ class BuiltinPotential:
     package : the importable package that holds the weights.
     model_file : the weights' path inside ``package``.
     install : what to run when ``package`` is missing.
-    build : ``build(device, calculator) -> ASE calculator``; ``device`` is ``md.device`` (``auto``,
+    build : ``build(device, calculator, **options) -> ASE calculator``; ``device`` is ``md.device`` (``auto``,
         ``cpu``, ``cuda``, ``cuda:N``; :func:`mdxrd.calculator.resolve_device` resolves it), ``calculator`` the
         ``md.calculator`` setting (CHGNet's ``fast`` or ``stock``; others may ignore it).
+    options : the model's choices (e.g. a multi-fidelity model's ``modal``): option -> allowed values, the
+        first the default. A ``potentials:`` entry ``{name, <option>: value}`` picks one; a value other than
+        the default is appended to the potential's name (``sevennet-mf-0-r2scan``).
     """
 
     name: str
@@ -70,22 +73,42 @@ class BuiltinPotential:
     package: str
     model_file: str
     install: str
-    build: Callable[[str, str], Any]
+    build: Callable[..., Any]
+    options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def resolve(self) -> dict[str, Any]:
+    def resolve(self, **chosen: Any) -> dict[str, Any]:
         """Check the package and its weights without importing the package; return the provenance record.
+
+        Parameters
+        ----------
+        **chosen
+            Values of :attr:`options` (the defaults where not given).
 
         Returns
         -------
         dict
-            name, kind, package, version, model_file (relative to the installed package, so that
-            moving the installation changes no parameter file) and model_sha256.
+            name (with a non-default option's value appended), builtin (this potential's name), kind,
+            package, version, model_file (relative to the installed package, so that moving the
+            installation changes no parameter file), model_sha256, and options (when it has any).
 
         Raises
         ------
         PotentialError
-            The package is not installed (what to install), or its weights are not where they should be.
+            The package is not installed (what to install), its weights are not where they should be, or
+            an unknown option or value (the allowed ones named).
         """
+        unknown = sorted(set(chosen) - set(self.options))
+        if unknown:
+            raise PotentialError(f"potential {self.name!r}: unknown option(s) {', '.join(unknown)}; allowed: "
+                                 f"{', '.join(self.options) or 'none'}")
+        options, suffix = {}, ""
+        for key, allowed in self.options.items():
+            value = chosen.get(key, allowed[0])
+            if value not in allowed:
+                raise PotentialError(f"potential {self.name!r}: {key}: {value!r} is not allowed; allowed: "
+                                     f"{', '.join(allowed)}")
+            options[key] = value
+            suffix += "" if value == allowed[0] else f"-{str(value).lower()}"
         found = importlib.util.find_spec(self.package)
         if found is None or not found.submodule_search_locations:
             raise PotentialError(f"potential {self.name!r} needs the package {self.package}, which is not "
@@ -94,5 +117,6 @@ class BuiltinPotential:
         if not model.is_file():
             raise PotentialError(f"potential {self.name!r}: no weights at {model} (offline runs need them in the "
                                  f"{self.package} package): reinstall it, {self.install}")
-        return {"name": self.name, "kind": self.kind, "package": self.package, "version": version(self.package),
-                "model_file": f"{self.package}/{self.model_file}", "model_sha256": sha256(model)}
+        return {"name": self.name + suffix, "builtin": self.name, "kind": self.kind, "package": self.package,
+                "version": version(self.package), "model_file": f"{self.package}/{self.model_file}",
+                "model_sha256": sha256(model), **({"options": options} if options else {})}
