@@ -162,6 +162,9 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
     if x["two_theta_min"] >= x["two_theta_max"]:
         raise ConfigError(f"{source}: xrd.two_theta_min: {x['two_theta_min']} must be below "
                           f"xrd.two_theta_max = {x['two_theta_max']}")
+    if x["zero_point_correction"] and not config["phonons"]["enabled"]:
+        raise ConfigError(f"{source}: xrd.zero_point_correction: true needs phonons.enabled: true (the zero-point B "
+                          "comes from the harmonic phonons)")
     config["instrument"] = _resolve_instruments(config, source)
     config["potentials"] = _resolve_potentials(config, source)
     split = config["dataset"]["split"]

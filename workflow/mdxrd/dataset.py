@@ -55,6 +55,7 @@ from mdxrd.io import atomic_path, load_params, read_json
 from mdxrd.layout import template
 from mdxrd.md import kinetic_temperature
 from mdxrd.params import config_hash, shard_params
+from mdxrd.phonons import PHONON_FILE
 from mdxrd.shard import fill
 from mdxrd.xrd import two_theta_grid
 from mdxrd.xrd.patterns import Instrument
@@ -81,6 +82,8 @@ INSTRUMENT_PARAMS = pa.struct([
     ("monochromator_two_theta_deg", pa.float64()),
 ])
 
+_B_HARMONIC = pa.list_(pa.struct([("element", pa.string()), ("B_A2", pa.float64()),
+                                   ("ratio_to_classical", pa.float64())]))
 _B_ISO = pa.list_(pa.struct([("element", pa.string()), ("B_A2", pa.float64()), ("B_sem_A2", pa.float64())]))
 
 #: The dataset's columns, in order: name, Arrow type, meaning (units in the name or here).
@@ -152,6 +155,12 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("B_iso", _B_ISO, "per element: Debye-Waller B = 8 pi^2 <u^2>, Angstrom^2 (B_A2), u the displacements from the "
                       "lattice sites at every step of the window (mdxrd.displacements), and its block-averaged "
                       "standard error (B_sem_A2); a list of structs, not a map, so that Hugging Face datasets reads it"),
+    ("B_quantum_harmonic", _B_HARMONIC, "per element: B of the unit's harmonic phonons with zero-point motion at the "
+                                        "run's temperature, Angstrom^2 (B_A2), and its ratio to the classical harmonic "
+                                        "B (ratio_to_classical; the classical MD's B_iso lacks this factor); "
+                                        "mdxrd.phonons; null when phonons.enabled is false"),
+    ("zero_point_corrected", pa.bool_(), "the Bragg intensities carry exp(-(B_quantum - B_classical) s^2) per element "
+                                         "(config xrd.zero_point_correction)"),
     ("static_cell", pa.string(), 'static rows: "relaxed" (the potential\'s 0 K cell) or "cif" (the input cell); '
                                  "else null"),
     ("supercell", pa.list_(pa.int32()), "(na, nb, nc), as given or chosen by supercell: auto"),
@@ -289,6 +298,14 @@ def _run_rows(section: dict[str, Any], key: dict[str, Any], summary: dict[str, A
                   for el, b in summary["B_iso_A2"].items()],
         "supercell": supercell, "n_atoms": run["n_atoms"], "device": run["device"],
     }
+    ph = key.get("phonons")
+    i = next((j for j, t in enumerate(ph["temperatures_K"]) if abs(float(t) - float(key["temperature_K"])) < 1e-9),
+             None) if ph is not None else None
+    if i is not None:
+        quantum, classical = ph["B_quantum_harmonic_A2"][i], ph["B_classical_harmonic_A2"][i]
+        common["B_quantum_harmonic"] = [{"element": el, "B_A2": b, "ratio_to_classical": b / classical[el]}
+                                        for el, b in quantum.items()]
+    common["zero_point_corrected"] = "zero_point_dB_A2" in summary
     anchored = summary.get("lattice_anchor") or {}
     scale = anchored.get("scale", {}) if anchored.get("method") else {}
     common.update({"lattice_anchor": anchored.get("method"),
@@ -371,8 +388,11 @@ def write_part(section: dict[str, Any], templates: dict[str, str], out: str | Pa
                                  "space_group_number": info["space_group_number"], "potential": pot["name"],
                                  "potential_version": pot["version"], "potential_model_sha256": pot["model_sha256"]}
                     reference_dir = fill(templates["reference"], unit=unit["name"])
+                    phonons = read_json(reference_dir / PHONON_FILE) if (reference_dir / PHONON_FILE).is_file() \
+                        else None
                     for rows in (_static_rows(section, reference_dir, info, grid),
-                                 *(_run_rows(section, k, summary, grid) for k, summary in unit_runs)):
+                                 *(_run_rows(section, {**k, "phonons": phonons}, summary, grid)
+                                   for k, summary in unit_runs)):
                         writer.write_table(pa.Table.from_pylist([{**unit_cols, **r} for r in rows], schema=sch))
                         n_rows += len(rows)
     return n_rows

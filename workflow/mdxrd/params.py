@@ -71,6 +71,14 @@ def reference_params(config: dict[str, Any], unit: str) -> dict[str, Any]:
             "threads": config["md"]["threads"], "potential": grid.unit(config, unit)["potential"]}
 
 
+def phonon_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The relax stage's harmonic phonons (:func:`mdxrd.phonons.run_stage`): enabled, displacement_A and the
+    grid's temperatures_K."""
+    ph = config["phonons"]
+    return {"enabled": ph["enabled"], "displacement_A": ph["displacement_A"],
+            "temperatures_K": [float(t) for t in config["temperatures_K"]]}
+
+
 def snapshot_params(config: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :func:`mdxrd.snapshots.run_stage` (besides its files)."""
     md = config["md"]
@@ -126,11 +134,13 @@ def shard_params(config: dict[str, Any], shard: str) -> dict[str, dict[str, Any]
         "relax": {"xrd": xrd_params(config),
                   "units": [{"name": u["name"], "crystal": u["crystal"], "cif_sha256": u["cif_sha256"],
                              "structure": structure_params(config, u["name"]),
-                             "reference": reference_params(config, u["name"])} for u in units]},
+                             "reference": reference_params(config, u["name"]),
+                             "phonons": phonon_params(config)} for u in units]},
         "md": {"batches": [[{**r.as_dict(), "params": md_params(config, r)} for r in batch]
                            for batch in grid.md_batches(config, shard)]},
         "post": {"snapshots": snapshot_params(config), "xrd": xrd_params(config),
                  "lattice": lattice_params(config, units),
+                 "zero_point_correction": config["xrd"]["zero_point_correction"],
                  "runs": [r for u in units for r in _run_entries(config, u["name"])]},
         "qc": {"tolerances": config["qc"], "md": {k: md[k] for k in ("n_equil", "timestep_fs")},
                "units": [{"name": u["name"], "crystal": {k: v for k, v in u.items() if k not in ("potential", "cif")},

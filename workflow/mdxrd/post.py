@@ -33,6 +33,7 @@ from ase.io import read
 from mdxrd.cli import UserError
 from mdxrd.io import load_params, read_json, write_json
 from mdxrd.lattice import AXES, anchor, mean_lengths
+from mdxrd.phonons import PHONON_FILE, delta_b
 from mdxrd.shard import fail_if, fill, is_current, run_all, stamp, write_manifest
 from mdxrd.snapshots import run_stage as snapshots_stage
 from mdxrd.xrd.stage import run_stage as xrd_stage
@@ -50,8 +51,10 @@ def process_run(job: dict[str, Any]) -> dict[str, Any]:
     md, snap, xrd = Path(job["md_dir"]), Path(job["snapshots_dir"]), Path(job["xrd_dir"])
     entry = {k: run[k] for k in ("unit", "ensemble", "temperature_K", "replica")}
     anchored = _anchor(job) if job.get("lattice") is not None else None
+    zero_point = delta_b(read_json(job["phonons"]), float(run["temperature_K"])) if job.get("phonons") else None
     run_stamp = stamp(params["snapshots"], params["xrd"], run, read_json(md / "run.json").get("stamp"),
-                      *([anchored] if anchored is not None else []))
+                      *([anchored] if anchored is not None else []),
+                      *([{"zero_point_dB_A2": zero_point}] if zero_point is not None else []))
     if is_current(snap / "summary.json", run_stamp, [*(snap / f for f in SNAPSHOT_FILES), *(xrd / f for f in XRD_FILES)]):
         return {**entry, "reused": True}
     snapshots_stage(md / "trajectory.traj", md / "velocities.npy", md / "thermo.csv", snap / "snapshots.traj",
@@ -60,10 +63,12 @@ def process_run(job: dict[str, Any]) -> dict[str, Any]:
     xrd_stage(snap / "snapshots.traj", xrd / "reflections.parquet", xrd / "patterns.npz", xrd / "average.npz",
               supercell=run["supercell"], centring=read_json(job["structure_info"])["centring_translations"],
               lattice_scale=[anchored["scale"][x] for x in AXES] if anchored and anchored["method"] else None,
-              **params["xrd"])
+              zero_point_b=zero_point, **params["xrd"])
     summary = read_json(snap / "summary.json")
     if anchored is not None:
         summary["lattice_anchor"] = anchored
+    if zero_point is not None:
+        summary["zero_point_dB_A2"] = zero_point
     write_json(snap / "summary.json", {**summary, "stamp": run_stamp})  # last: the run is complete
     return {**entry, "reused": False}
 
@@ -90,7 +95,8 @@ def _anchor(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_shard(params: dict[str, Any], md_template: str, structure_template: str, snapshots_template: str,
-              xrd_template: str, manifest: str | Path, workers: int = 1) -> int:
+              xrd_template: str, manifest: str | Path, workers: int = 1, reference_template: str | None = None
+              ) -> int:
     """Snapshots and XRD of every run of a shard; write the manifest last.
 
     Parameters
@@ -108,6 +114,9 @@ def run_shard(params: dict[str, Any], md_template: str, structure_template: str,
         The shard's manifest, written when every run succeeded.
     workers
         Processes working on runs side by side.
+    reference_template
+        Path template (``{unit}``) of a unit's reference directory: its phonons.json, read when the
+        parameters ask for ``zero_point_correction``.
 
     Returns
     -------
@@ -137,7 +146,9 @@ def run_shard(params: dict[str, Any], md_template: str, structure_template: str,
                      "snapshots_dir": str(fill(snapshots_template, **fields(run))),
                      "xrd_dir": str(fill(xrd_template, **fields(run))), "sites": str(sdir / "supercell.traj"),
                      "structure_info": str(sdir / "structure.json"),
-                     "lattice": lattice["crystals"].get(run["unit"], {}) if anchored else None, "npt_md_dirs": npt})
+                     "lattice": lattice["crystals"].get(run["unit"], {}) if anchored else None, "npt_md_dirs": npt,
+                     "phonons": str(fill(reference_template, unit=run["unit"]) / PHONON_FILE)
+                     if params.get("zero_point_correction") and reference_template else None})
     results, failures = run_all(jobs, process_run, lambda j: j["md_dir"], workers=workers)
     fail_if(failures, "runs", len(jobs))
     write_manifest(manifest, "post", results, started)
@@ -155,6 +166,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--structure-dir", required=True, help="path template, e.g. results/structure/{unit}")
     p.add_argument("--snapshots-dir", required=True, help="path template of a run's snapshots directory")
     p.add_argument("--xrd-dir", required=True, help="path template of a run's xrd directory")
+    p.add_argument("--reference-dir", help="path template of a unit's reference directory (zero-point correction)")
     p.add_argument("--manifest", required=True, help="the shard's manifest (JSON), written last")
     p.add_argument("--workers", type=int, default=1, help="processes working on runs side by side")
     p.set_defaults(func=_main)
@@ -165,6 +177,8 @@ def _main(args: argparse.Namespace) -> int:
         params = load_params(args.params)
     except ValueError as err:
         raise UserError(f"--params {args.params}: {err}") from None
+    if params.get("zero_point_correction") and not args.reference_dir:
+        raise UserError("--reference-dir is needed: the parameters ask for the zero-point correction")
     run_shard(params, args.md_dir, args.structure_dir, args.snapshots_dir, args.xrd_dir, args.manifest,
-              workers=max(1, args.workers))
+              workers=max(1, args.workers), reference_template=args.reference_dir)
     return 0

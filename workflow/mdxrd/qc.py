@@ -56,6 +56,7 @@ from mdxrd.displacements import pattern_debye_waller
 from mdxrd.grid import units
 from mdxrd.io import atomic_path, load_params, read_json, write_json
 from mdxrd.lattice import distinct_axes
+from mdxrd.phonons import PHONON_FILE
 from mdxrd.shard import fail_if, fill, run_all, write_manifest
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,32 @@ def _run_rows(name: str, runs: list[dict[str, Any]], tolerances: dict[str, Any])
                              + ", ".join(f"{el} {b:.3f}" for el, b in dw["B_pattern_A2"].items())
                              + " A^2 against the label " + ", ".join(f"{el} {b:.3f}" for el, b in
                                                                      s["B_iso_A2"].items()), compare=True))
+    return rows
+
+
+def _harmonic_rows(name: str, phonons: dict[str, Any], runs: list[dict[str, Any]], tolerances: dict[str, Any]
+                   ) -> list[dict[str, Any]]:
+    """Rows from the harmonic phonons (:mod:`mdxrd.phonons`): per temperature and element the zero-point ratio
+    B_quantum / B_classical (information), and per NVT run and element the MD's B_iso against the classical
+    harmonic B (the same potential: they differ by anharmonicity and sampling only)."""
+    rows = []
+    temps = [float(t) for t in phonons["temperatures_K"]]
+    for t, quantum, classical in zip(temps, phonons["B_quantum_harmonic_A2"], phonons["B_classical_harmonic_A2"],
+                                     strict=True):
+        for el, b in quantum.items():
+            rows.append(_row(name, f"harmonic/{t:g}K", f"B_quantum_ratio_{el}", b / classical[el], 1.0, True,
+                             f"harmonic phonons: B {el} quantum {b:.3f}, classical {classical[el]:.3f} A^2 "
+                             f"(zero-point motion the classical MD lacks)"))
+    for r in runs:
+        if r["ensemble"].startswith("npt") or float(r["temperature_K"]) not in temps:
+            continue
+        classical = phonons["B_classical_harmonic_A2"][temps.index(float(r["temperature_K"]))]
+        scope = f"{r['ensemble']}/{r['temperature_K']:g}K/r{r['replica']}"
+        for el, b in r["summary"]["B_iso_A2"].items():
+            rows.append(_row(name, scope, f"B_iso_vs_harmonic_{el}", b, classical[el],
+                             abs(b / classical[el] - 1.0) <= tolerances["B_iso_tolerance"],
+                             f"MD B_iso {b:.3f} against the classical harmonic B {classical[el]:.3f} A^2 of the same "
+                             "potential and supercell (anharmonicity and sampling)", compare=True))
     return rows
 
 
@@ -348,6 +375,9 @@ def run_stage(reference: str | Path, run_dirs: list[dict[str, Any]], crystal: di
             run["pattern_debye_waller"] = pattern_debye_waller(frames, site_atoms, summary["B_iso_A2"])
         runs.append(run)
     figures, rows = crystal_qc(crystal, read_json(reference), runs, tolerances)
+    phonon_file = Path(reference).parent / PHONON_FILE
+    if phonon_file.is_file():
+        rows += _harmonic_rows(crystal["name"], read_json(phonon_file), runs, tolerances)
     for row in rows:
         (log.info if row["status"] == "pass" else log.warning)("%s %s %s: %s", row["scope"], row["check"],
                                                                 row["status"], row["detail"])

@@ -9,6 +9,10 @@ For each unit (crystal x potential) of the shard, in the order of its parameter 
    relaxed cell against the file's, and the static (0 K) patterns of both cells; into the
    unit's reference directory: ``reference.json``, ``static.npz``.
 
+3. :func:`mdxrd.phonons.run_stage` (``phonons.enabled``): the harmonic phonons of the relaxed cell in the
+   MD's supercell and the quantum and classical B per element at the grid's temperatures, into
+   ``phonons.json`` (its own stamp: switching phonons on reruns only them).
+
 A unit whose reference.json carries the stamp of the same parameters and structure file
 (and whose five files exist) is reused. A unit that fails does not stop the others; the job
 then fails naming it (:class:`mdxrd.shard.ShardError`) and writes no manifest.
@@ -24,6 +28,9 @@ from typing import Any
 
 from mdxrd.cli import UserError
 from mdxrd.io import load_params
+from mdxrd.phonons import PHONON_FILE
+from mdxrd.phonons import run_stage as phonon_stage
+from mdxrd.potentials import make_potential
 from mdxrd.reference import ReferenceParams
 from mdxrd.reference import run_stage as reference_stage
 from mdxrd.shard import fail_if, fill, is_current, run_all, stamp, write_manifest
@@ -72,18 +79,28 @@ def run_shard(params: dict[str, Any], cifs: list[str], structure_template: str, 
 
     def work(i: int) -> dict[str, Any]:
         unit, cif = units[i], cifs[i]
+        phonons = unit.get("phonons", {"enabled": False})
+        unit = {k: v for k, v in unit.items() if k != "phonons"}  # phonons have their own stamp
         sdir, rdir = fill(structure_template, unit=unit["name"]), fill(reference_template, unit=unit["name"])
         unit_stamp = stamp(unit, params["xrd"])
         entry = {"unit": unit["name"], "structure_dir": str(sdir), "reference_dir": str(rdir)}
         files = [sdir / f for f in STRUCTURE_FILES] + [rdir / f for f in REFERENCE_FILES]
-        if is_current(rdir / "reference.json", unit_stamp, files):
-            return {**entry, "reused": True}
-        sp = StructureParams(**{**unit["structure"], "supercell": tuple(unit["structure"]["supercell"])})
-        structure_stage(cif, sdir / "relaxed.cif", sdir / "supercell.traj", sdir / "structure.json", unit["name"], sp)
-        reference_stage(cif, sdir / "relaxed.cif", sdir / "structure.json", rdir / "reference.json",
-                        rdir / "static.npz", params=ReferenceParams(**unit["reference"]), xrd=params["xrd"],
-                        stamp=unit_stamp)
-        return {**entry, "reused": False}
+        reused = is_current(rdir / "reference.json", unit_stamp, files)
+        if not reused:
+            sp = StructureParams(**{**unit["structure"], "supercell": tuple(unit["structure"]["supercell"])})
+            structure_stage(cif, sdir / "relaxed.cif", sdir / "supercell.traj", sdir / "structure.json", unit["name"],
+                            sp)
+            reference_stage(cif, sdir / "relaxed.cif", sdir / "structure.json", rdir / "reference.json",
+                            rdir / "static.npz", params=ReferenceParams(**unit["reference"]), xrd=params["xrd"],
+                            stamp=unit_stamp)
+        phonon_stamp = stamp(phonons, unit_stamp)
+        if phonons["enabled"] and not is_current(rdir / PHONON_FILE, phonon_stamp, [rdir / PHONON_FILE]):
+            ref = unit["reference"]
+            calc = make_potential(ref["potential"], ref["device"], ref.get("calculator", "fast"))
+            phonon_stage(sdir / "relaxed.cif", unit["structure"]["supercell"], calc, phonons["temperatures_K"],
+                         rdir / PHONON_FILE, displacement_A=phonons["displacement_A"], stamp=phonon_stamp)
+            reused = False
+        return {**entry, "reused": reused}
 
     entries, failures = run_all(list(range(len(units))), work, lambda i: units[i]["name"])
     fail_if(failures, "units", len(units))

@@ -12,7 +12,7 @@ rule post:
     benchmark:
         "results/benchmarks/post/{shard}.tsv"
     params:
-        dirs=templates("md", "structure", "snapshots", "xrd"),
+        dirs=templates("md", "structure", "reference", "snapshots", "xrd"),
     # Seconds per run; Snakemake lowers the threads to --cores on a laptop; a cluster profile may
     # set-threads post=N.
     threads: 8

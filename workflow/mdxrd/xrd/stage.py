@@ -20,6 +20,7 @@ summed intensity of the reflections inside the grid.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -77,6 +78,7 @@ def run_stage(
     centring: Sequence[Sequence[float]] = (),
     instrument: Sequence[Instrument | Mapping[str, Any]] = (DEFAULT_INSTRUMENT,),
     lattice_scale: Sequence[float] | None = None,
+    zero_point_b: Mapping[str, float] | None = None,
 ) -> None:
     """XRD of every snapshot of a trajectory for every condition: reflections (Parquet), patterns and average (npz).
 
@@ -104,6 +106,9 @@ def run_stage(
         instrument: The conditions (:class:`mdxrd.xrd.patterns.Instrument` or config mappings).
         lattice_scale: (s_a, s_b, s_c): every snapshot's cell vectors multiplied by these, the fractional
             coordinates kept (an anchored lattice, :mod:`mdxrd.lattice`); None: the cells as they are.
+        zero_point_b: element -> dB, Angstrom^2 (:func:`mdxrd.phonons.delta_b`): the Bragg reflections'
+            intensities are those with each element's f damped by exp(-dB s^2) (the zero-point Debye-Waller
+            factor the classical snapshots lack; a second kernel call); diffuse ones are left as they are.
 
     Raises:
         ValueError: empty trajectory, frames with different species, a bad condition, or any
@@ -158,6 +163,12 @@ def run_stage(
                 idx = list(range(start, min(n_snap, start + per_call)))
                 refls = diffract(cells[idx], frac[idx], species, wavelength=lam, two_theta_range=ext,
                                  supercell=tuple(supercell), centring=centring)  # type: ignore[arg-type]
+                if zero_point_b:
+                    damped = diffract(cells[idx], frac[idx], species, wavelength=lam, two_theta_range=ext,
+                                      supercell=tuple(supercell), centring=centring,  # type: ignore[arg-type]
+                                      b_iso=dict(zero_point_b))
+                    refls = [dataclasses.replace(r, intensity=np.where(r.is_bragg, z.intensity, r.intensity))
+                             for r, z in zip(refls, damped, strict=True)]
                 for c, inst in enumerate(insts):
                     _broaden_batch(refls, idx, grid, inst, lam, volumes, bragg_fraction, patterns[c],
                                    patterns_bragg[c])
