@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ase.calculators.emt import EMT
-
 from conftest import cu_fcc
 from mdxrd.displacements import phase_check
 
@@ -70,13 +68,22 @@ def test_noise_alone_keeps_the_phase():
     assert result["phase_broken_operations"] == 0
 
 
-def test_octahedral_tilt_breaks_the_cubic_phase():
+@pytest.mark.parametrize("angle_deg", [1.0, 4.0])
+def test_octahedral_tilt_breaks_the_cubic_phase(angle_deg):
     sites = _srtio3_supercell()
-    static = _tilt(sites, 4.0)  # O moved by 0.14 A, like SrTiO3 well below 105 K
+    static = _tilt(sites, angle_deg)  # O moved by 0.14 A at 4 degrees, like SrTiO3 well below 105 K
     result = _check(sites, *_trajectory(sites, static))
     assert not result["phase_kept"]
     assert result["space_group_mean"] == "I4/mcm" and result["space_group_mean_number"] == 140
-    assert result["phase_distortion_A"] > 0.05
+    # the operations of Pm-3m (384 in the 2x2x2 cell) not in I4/mcm (64), however small the tilt
+    assert result["phase_broken_operations"] == 320
+    assert result["phase_distortion_A"] > 0.02
+
+
+def test_tilt_below_the_tolerance_keeps_the_phase():
+    sites = _srtio3_supercell()  # 0.7 degrees: O moved by 0.024 A, rms excess per atom 0.018 A < 0.02 A
+    result = _check(sites, *_trajectory(sites, _tilt(sites, 0.7)))
+    assert result["phase_kept"] and result["space_group_mean_number"] == 221
 
 
 def test_strained_cell_breaks_the_cubic_phase():
@@ -92,11 +99,10 @@ def test_melted_run_does_not_keep_its_phase():
 
 def _emt_cu_summary(tmp_path, temperature_K):
     from ase.io import write
-
     from mdxrd.md import MDParams, run_md
     from mdxrd.snapshots import run_stage
 
-    md = dict(n_steps=800, n_equil=400, n_interval=100, timestep_fs=2.0)
+    md = {"n_steps": 800, "n_equil": 400, "n_interval": 100, "timestep_fs": 2.0}
     sites = cu_fcc(a=3.59, repeat=2)
     run_md(sites, MDParams(ensemble="nvt_langevin", temperature_K=temperature_K, seed=11, friction_per_fs=0.05, **md),
            tmp_path / "md", calc=EMT(), stamp="test")
@@ -117,4 +123,15 @@ def test_emt_copper_keeps_fcc_when_solid_and_loses_it_when_molten(tmp_path, temp
         assert summary["space_group_mean_number"] == 225 and summary["phase_broken_operations"] == 0
     else:
         assert summary["space_group_mean"] is None  # a liquid has no space group
+    # the QC row: a warning exactly when the phase was lost, with the Lindemann ratio beside it
+    from mdxrd.dataset import COLUMNS
+    from mdxrd.qc import _run_rows
+
+    run = {"ensemble": "nvt_langevin", "temperature_K": temperature_K, "replica": 0, "summary": summary}
+    rows = _run_rows("Cu", [run], {"min_independent_snapshots": 0, "B_iso_pattern_tolerance": 0.15})
+    row = next(r for r in rows if r["check"] == "phase_kept")
+    assert row["status"] == ("pass" if kept else "warn")
+    assert f"Lindemann ratio {summary['lindemann_ratio']:.3f}" in row["detail"]
+    assert ("none (melted)" in row["detail"]) is (not kept)
+    assert {"space_group_mean", "space_group_mean_number", "phase_kept"} <= {c[0] for c in COLUMNS}
 
