@@ -160,8 +160,9 @@ def _run_rows(name: str, runs: list[dict[str, Any]], tolerances: dict[str, Any])
         rows.append(_row(name, scope, "not_melted", float(s["lindemann_ratio"]), None, not s["melted"],
                          f"Lindemann ratio {s['lindemann_ratio']:.3f}"))
         if "phase_kept" in s:
+            mean_group = s["space_group_mean"] or ("none (melted)" if s["melted"] else "unnamed subgroup")
             rows.append(_row(name, scope, "phase_kept", s["phase_distortion_A"], None, bool(s["phase_kept"]),
-                             f"time-averaged crystal {s['space_group_mean'] or 'unnamed subgroup'} vs input "
+                             f"time-averaged crystal {mean_group} vs input "
                              f"{s['space_group_input']}: {s['phase_broken_operations']} operations broken, "
                              f"distortion {s['phase_distortion_A']:.3f} A (noise {s['phase_noise_A']:.3f} A, "
                              f"tolerance {s['phase_tolerance_A']:g} A); Lindemann ratio {s['lindemann_ratio']:.3f}"))
@@ -189,8 +190,13 @@ def _harmonic_rows(name: str, phonons: dict[str, Any], runs: list[dict[str, Any]
                    ) -> list[dict[str, Any]]:
     """Rows from the harmonic phonons (:mod:`mdxrd.phonons`): per temperature and element the zero-point ratio
     B_quantum / B_classical (information), and per NVT run and element the MD's B_iso against the classical
-    harmonic B (the same potential: they differ by anharmonicity and sampling only)."""
-    rows = []
+    harmonic B (the same potential: they differ by anharmonicity and sampling only); and ``phonons_stable``,
+    a warning when the relaxed cell has imaginary modes (left out of the harmonic B)."""
+    n_imag = int(phonons["n_imaginary"])
+    rows = [_row(name, "harmonic", "phonons_stable", float(n_imag), 0.0, n_imag == 0,
+                 f"{n_imag} imaginary modes (lowest {phonons['min_frequency_THz']:.3f} THz) of the relaxed cell in "
+                 "its MD supercell" + (": left out of the harmonic B; the structure is unstable there with this "
+                                       "potential" if n_imag else ""))]
     temps = [float(t) for t in phonons["temperatures_K"]]
     for t, quantum, classical in zip(temps, phonons["B_quantum_harmonic_A2"], phonons["B_classical_harmonic_A2"],
                                      strict=True):

@@ -11,7 +11,8 @@ For each unit (crystal x potential) of the shard, in the order of its parameter 
 
 3. :func:`mdxrd.phonons.run_stage` (``phonons.enabled``): the harmonic phonons of the relaxed cell in the
    MD's supercell and the quantum and classical B per element at the grid's temperatures, into
-   ``phonons.json`` (its own stamp: switching phonons on reruns only them).
+   ``phonons.json`` (its own stamp: switching phonons on reruns only them; switched off, the file is
+   removed so that the dataset and QC, which read it when present, find none stale).
 
 A unit whose reference.json carries the stamp of the same parameters and structure file
 (and whose five files exist) is reused. A unit that fails does not stop the others; the job
@@ -100,6 +101,8 @@ def run_shard(params: dict[str, Any], cifs: list[str], structure_template: str, 
             phonon_stage(sdir / "relaxed.cif", unit["structure"]["supercell"], calc, phonons["temperatures_K"],
                          rdir / PHONON_FILE, displacement_A=phonons["displacement_A"], stamp=phonon_stamp)
             reused = False
+        elif not phonons["enabled"]:
+            (rdir / PHONON_FILE).unlink(missing_ok=True)  # the dataset and QC read it when present: none stale
         return {**entry, "reused": reused}
 
     entries, failures = run_all(list(range(len(units))), work, lambda i: units[i]["name"])
