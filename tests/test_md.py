@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from ase.calculators.emt import EMT
 from ase.io import read
 
@@ -22,7 +23,8 @@ from mdxrd.md import Ensemble, MDParams, run_md, run_seed
 def _run(tmp_path, ensemble, temperature_K=300.0, n_steps=2000, n_equil=400, **kw):
     atoms = kw.pop("atoms", None) or cu_fcc()
     params = MDParams(ensemble=ensemble, temperature_K=temperature_K, n_steps=n_steps, n_equil=n_equil,
-                      n_interval=kw.pop("n_interval", 250), seed=kw.pop("seed", 11), **kw)
+                      n_interval=kw.pop("n_interval", 250), seed=kw.pop("seed", 11), device=kw.pop("device", "cpu"),
+                      **kw)
     run_md(atoms, params, tmp_path, calc=EMT())
     thermo = pd.read_csv(tmp_path / "thermo.csv")
     return params, thermo
@@ -128,10 +130,12 @@ def test_unknown_ensemble_rejected():
 def test_chgnet_short_run(tmp_path):
     """A few CHGNet steps of Cu 2x2x2: finite energies near the relaxed cohesive energy, cell fixed in NVT."""
     atoms = cu_fcc(a=3.6156, repeat=2)
-    params = MDParams(ensemble="nvt_langevin", temperature_K=300.0, n_steps=10, n_equil=4, n_interval=2, seed=1)
+    params = MDParams(ensemble="nvt_langevin", temperature_K=300.0, n_steps=10, n_equil=4, n_interval=2, seed=1,
+                      device="cpu")
     rec = run_md(atoms, params, tmp_path)
     thermo = pd.read_csv(tmp_path / "thermo.csv")
-    assert rec["device"] == "cpu" and rec["n_atoms"] == 32
+    assert rec["device"] == "cpu" and rec["n_atoms"] == 32 and rec["gpu"] is None
+    assert rec["torch_cuda"] == torch.version.cuda
     e = thermo.E_pot_eV.to_numpy() / 32
     assert np.all(np.isfinite(e)) and np.all(np.abs(e + 4.08) < 0.05)  # CHGNet Cu: about -4.08 eV/atom
     assert np.all(thermo.volume_A3 == thermo.volume_A3.iloc[0])

@@ -82,6 +82,26 @@ def test_dry_run_with_slurm_profile_default_grid(tmp_path):
     assert json.loads((work / "results" / "params" / "config.json").read_text())["shards"] == {"crystals": 125}
 
 
+@pytest.mark.parametrize("md, expect, absent", [
+    # an MD job on the CPU asks for no GPU and no CUDA host memory (mdxrd.grid.MD_CUDA_HOST_MEM_MB)
+    ("device: cpu", "mem_mb=2843,", ("gpu", "gres")),
+    # sites without --gpus; 3,000 MB more host memory for the CUDA process
+    ("gpu_request: gres, gpu_job_cpus: 6", "gres=gpu:1, cpus_per_gpu=6, runtime=19, mem_mb=5843,", (", gpu=",)),
+])
+def test_md_gpu_request_follows_the_config(tmp_path, md, expect, absent):
+    env = {**os.environ, "PATH": _path_without_slurm(tmp_path)}
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config").symlink_to(REPO / "config")
+    res = subprocess.run([*SNAKEMAKE, "-n", "--profile", str(REPO / "profiles" / "slurm"), "-s", str(REPO / "Snakefile"),
+                          "-d", str(work), "--config", "shards={crystals: 125}",
+                          f"md={{runtime_ms_per_atom_step: 1, {md}}}"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    (resources,) = re.findall(r"^rule md:\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.MULTILINE)
+    assert expect in resources and not any(a in resources for a in absent), resources
+
+
 def test_partition_file_sends_gpu_jobs_to_gpu_partition():
     """profiles/slurm/partitions.yaml: the plugin's choice for a GPU job and for a CPU job."""
     from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
@@ -140,6 +160,7 @@ def _tiny_config(work: Path) -> Path:
     cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
     for c in cfg["crystals"]:
         c["cif"] = str(REPO / c["cif"])
+    cfg.setdefault("md", {})["gpu_job_cpus"] = 1  # the test node has nproc CPUs (2 here) for two fake GPUs
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     return work / "config.yaml"

@@ -105,6 +105,7 @@ def _run_tiny(work: Path) -> dict:
     cfg = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
     for c in cfg["crystals"]:
         c["cif"] = str(REPO / c["cif"])
+    cfg.setdefault("md", {})["device"] = "cpu"  # the tests' expectations (device column, bit-identical reruns)
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
                           str(work / "config.yaml"), "--cores", "2"], capture_output=True, text=True)

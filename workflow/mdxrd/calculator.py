@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
@@ -47,13 +48,17 @@ from pymatgen.core import Structure
 from mdxrd import CHGNET_MODEL
 from mdxrd.crystal_graph import crystal_graph
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from ase import Atoms
     from chgnet.model.dynamics import CHGNetCalculator
 
 __all__ = [
     "FastCHGNetCalculator",
+    "device_info",
     "energy_forces_stress",
+    "graph_memory_bytes",
     "load_model",
     "make_calculator",
     "resolve_device",
@@ -63,15 +68,37 @@ __all__ = [
 _EV_PER_A3_TO_GPA = 160.21766208
 
 
+#: Environment variables in which SLURM names the GPUs it gave a job.
+_GPU_ENV = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")
+
+
+def _nvidia_device_files() -> list[str]:
+    """The NVIDIA GPU device files of this node (/dev/nvidia0, ...): present where a GPU is installed."""
+    import glob
+
+    return sorted(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def _gpus_assigned() -> dict[str, str]:
+    """SLURM's GPU assignments in the environment (variable -> value, ignoring empty, "0" and "none") on a
+    node with NVIDIA device files; empty where either is missing (a CPU node, a test cluster's fake GPUs)."""
+    import os
+
+    given = {k: os.environ[k] for k in _GPU_ENV if os.environ.get(k, "").strip() not in ("", "0", "none")}
+    return given if given and _nvidia_device_files() else {}
+
+
 def resolve_device(device: str | None = None) -> str:
-    """Return the torch device to run CHGNet on.
+    """Return the torch device to run CHGNet on, refusing a GPU that is asked for but not seen.
 
     Parameters
     ----------
     device : str or None
-        A torch device string ("cpu", "cuda", "cuda:1", ...). ``None`` or
-        ``"auto"`` picks ``"cuda"`` when ``torch.cuda.is_available()`` and
-        ``"cpu"`` otherwise.
+        A torch device string ("cpu", "cuda", "cuda:1", ...), the configuration key ``md.device``.
+        ``None`` or ``"auto"`` picks ``"cuda"`` when ``torch.cuda.is_available()`` and ``"cpu"``
+        otherwise, unless SLURM gave the job a GPU (SLURM_JOB_GPUS, SLURM_STEP_GPUS or
+        SLURM_GPUS_ON_NODE set, and /dev/nvidia0... present) that torch cannot see: then it raises,
+        instead of running silently on the CPU (a CPU build of torch on a GPU node).
 
     Returns
     -------
@@ -81,13 +108,44 @@ def resolve_device(device: str | None = None) -> str:
     Raises
     ------
     RuntimeError
-        If a CUDA device is requested but CUDA is not available.
+        If a CUDA device is requested, or ``auto`` is on a node that was given a GPU, but torch
+        sees no CUDA device (or not that index); the message names ``md.device``, the CUDA devices
+        torch sees, torch's CUDA version and the GPU variables of the environment.
     """
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found = (f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none, a CPU-only build'}) sees "
+             f"{n_cuda} CUDA device(s); GPU variables: {_gpus_assigned() or 'none'}")
     if device is None or device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        if n_cuda:
+            return "cuda"
+        if _gpus_assigned():
+            raise RuntimeError(f"md.device: auto on a job that was given a GPU, but {found}; install the CUDA "
+                               "environment (envs/chgnet-cuda.yaml, docs/slurm.md) or set md.device: cpu")
+        return "cpu"
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if index >= n_cuda:
+            raise RuntimeError(f"md.device: {device!r} requested but {found}; allowed here: "
+                               f"{['cpu', 'auto'] + [f'cuda:{i}' for i in range(n_cuda)]}")
     return device
+
+
+def device_info(device: str) -> dict[str, str | None]:
+    """What run.json records about the device: torch's CUDA version and the GPU model.
+
+    Parameters
+    ----------
+    device : str
+        A resolved torch device string (:func:`resolve_device`).
+
+    Returns
+    -------
+    dict
+        ``torch_cuda``: ``torch.version.cuda`` (None for a CPU-only build of torch); ``gpu``: the CUDA
+        device's name (``torch.cuda.get_device_name``), None on the CPU.
+    """
+    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
+    return {"torch_cuda": torch.version.cuda, "gpu": gpu}
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,7 +230,10 @@ class FastCHGNetCalculator(Calculator):
         within the atom-graph cutoff (6 Angstrom for CHGNet 0.3.0).
     max_batch : int, None or "auto"
         :meth:`calculate_batch` makes one forward pass per this many structures (None: one pass
-        for the whole batch). "auto": None on a GPU, 1 on the CPU, where a batched pass gains
+        for the whole batch). On a GPU a pass takes at most as many as fit into
+        ``GPU_MEMORY_FRACTION`` of the memory free at the first evaluation (:func:`graph_memory_bytes`),
+        and a CUDA out-of-memory error halves ``max_batch`` for the rest of the run (the pass is
+        redone in halves). "auto": None on a GPU, 1 on the CPU, where a batched pass gains
         nothing and loses once the activations outgrow the caches (one thread, ms per
         structure: Si 64 atoms 69-80 alone or in pairs, 88-99 eight at a time; Cu 32 atoms,
         4,224 angles each, 1.3x slower four at a time).
@@ -231,6 +292,10 @@ class FastCHGNetCalculator(Calculator):
         if max_batch == "auto":
             max_batch = 1 if self.device == "cpu" else None
         self.max_batch = max_batch
+        #: () -> free device memory, bytes, asked once at the first evaluation; None: no memory limit
+        self.free_memory_bytes = (functools.partial(lambda d: torch.cuda.mem_get_info(d)[0], self.device)
+                                  if self.device.startswith("cuda") else None)
+        self._memory_budget: float | None = None
 
     @property
     def version(self) -> str | None:
@@ -263,7 +328,8 @@ class FastCHGNetCalculator(Calculator):
 
         The crystal graphs are built one by one (on the CPU, :mod:`mdxrd.crystal_graph`) and batched
         with CHGNet's own ``BatchedGraph.from_graphs``: one network forward pass and one reverse
-        pass serve ``max_batch`` structures (all on a GPU, one at a time on the CPU). The
+        pass serve ``max_batch`` structures (one at a time on the CPU; on a GPU as many as fit its free memory,
+        see ``max_batch`` in the class). The
         structures are independent (no edge joins two graphs): each result equals :meth:`calculate`
         on that structure (to the bit in the tests; float32 round-off at most).
 
@@ -278,14 +344,73 @@ class FastCHGNetCalculator(Calculator):
             Per structure, ``self.results`` as after :meth:`calculate`: ``energy``,
             ``free_energy`` (eV), ``forces`` (eV/Angstrom, (N_k, 3) float64) and ``stress``
             (eV/Angstrom^3, Voigt, ASE sign convention).
+
+        Raises
+        ------
+        torch.cuda.OutOfMemoryError
+            Only when a single structure does not fit the device; a larger pass that runs out of
+            memory is redone in halves, and ``max_batch`` stays halved for later calls.
         """
         graphs = [crystal_graph(self.model.graph_converter, _structure(a)).to(self.device) for a in atoms_list]
-        step = self.max_batch or len(graphs)
-        results = []
-        for start in range(0, len(graphs), step):
-            batch = energy_forces_stress(self.model, graphs[start:start + step])
+        results: list[dict] = []
+        start = 0
+        while start < len(graphs):
+            stop = start + self._batch_length(graphs[start:])
+            try:
+                batch = energy_forces_stress(self.model, graphs[start:stop])
+            except torch.cuda.OutOfMemoryError:
+                if stop - start == 1:
+                    raise
+                self.max_batch = (stop - start) // 2  # for the rest of the run: no retry at every step
+                log.warning("%s out of memory with %d structures in one pass: %d from now on", self.device,
+                            stop - start, self.max_batch)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
             results.extend(_ase_results(e, f, s, self.stress_weight) for e, f, s in batch)
+            start = stop
         return results
+
+    def _batch_length(self, graphs: list) -> int:
+        """How many of ``graphs`` (from the first) one pass takes: ``max_batch``, and on a GPU as many as
+        :func:`graph_memory_bytes` fits into ``GPU_MEMORY_FRACTION`` of the device memory free at the
+        first call (``free_memory_bytes``); always at least one."""
+        n = len(graphs) if self.max_batch is None else min(self.max_batch, len(graphs))
+        if self.free_memory_bytes is None:
+            return max(1, n)
+        if self._memory_budget is None:  # once: later, torch's cache holds the earlier passes' memory
+            self._memory_budget = GPU_MEMORY_FRACTION * self.free_memory_bytes()
+        needed = np.cumsum([graph_memory_bytes(g) for g in graphs[:n]])
+        return max(1, int(np.searchsorted(needed, self._memory_budget, side="right")))
+
+
+#: Part of the device memory free at the first evaluation that a batched pass may be estimated to use.
+GPU_MEMORY_FRACTION = 0.8
+#: Memory estimate of one structure's pass, bytes per atom, per directed bond (atom graph, 6 A) and per
+#: angle (bond graph, 3 A): a conservative guess, not measured on a GPU (on the CPU the fast
+#: calculator's peak increase is ~0.1 GB for Si 64 atoms, ~3,000 bonds, and 1.1-1.2 GiB for Al2O3
+#: 240 atoms); a pass that runs out of memory halves the batch all the same.
+GRAPH_BYTES_PER_ATOM, GRAPH_BYTES_PER_BOND, GRAPH_BYTES_PER_ANGLE = 64_000, 64_000, 32_000
+
+
+def graph_memory_bytes(graph) -> int:
+    """Estimated device memory of one crystal graph's forward and backward pass, bytes.
+
+    Parameters
+    ----------
+    graph : chgnet.graph.CrystalGraph
+        The structure's graph (``atomic_number`` (N,), ``atom_graph`` (bonds, 2), ``bond_graph``
+        (angles, 5)).
+
+    Returns
+    -------
+    int
+        ``GRAPH_BYTES_PER_ATOM`` N + ``GRAPH_BYTES_PER_BOND`` bonds + ``GRAPH_BYTES_PER_ANGLE`` angles:
+        activations scale with the atoms, bonds and angles a message-passing network updates (CHGNet,
+        Deng et al. 2023, Methods); the coefficients are an unmeasured, conservative estimate.
+    """
+    return (GRAPH_BYTES_PER_ATOM * int(graph.atomic_number.shape[0]) + GRAPH_BYTES_PER_BOND
+            * int(graph.atom_graph.shape[0]) + GRAPH_BYTES_PER_ANGLE * int(graph.bond_graph.shape[0]))
 
 
 def _structure(atoms: Atoms) -> Structure:

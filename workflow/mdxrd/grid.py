@@ -30,6 +30,9 @@ from typing import Any
 #: angle graphs; measured 0.1 GB at 64 atoms, 1.2 GB at 240 with the fast calculator, ~5x stock).
 MD_BASE_MEM_MB = 1000
 MD_MEM_MB_PER_ATOM2 = {"fast": 0.025, "stock": 0.12}
+#: Host memory a CUDA process adds to the base, MB (CUDA context, cuBLAS/cuDNN kernels, pinned buffers): an
+#: estimate, not measured here; the SLURM request of an MD job whose md.device is not cpu includes it.
+MD_CUDA_HOST_MEM_MB = 3000
 
 
 def format_temperature(temperature_K: float) -> str:
@@ -159,9 +162,11 @@ def supercell_atoms(entry: dict[str, Any]) -> int:
     return entry["n_atoms_cell"] * math.prod(entry["supercell"])
 
 
-def md_job_mem_mb(calculator: str, n_atoms: int, n_runs: int) -> int:
-    """Memory estimate of ``n_runs`` MD runs of ``n_atoms`` atoms advanced together, MB (all graphs at once)."""
-    return int(MD_BASE_MEM_MB + MD_MEM_MB_PER_ATOM2[calculator] * n_atoms**2 * n_runs)
+def md_job_mem_mb(calculator: str, n_atoms: int, n_runs: int, device: str = "cpu") -> int:
+    """Memory estimate of ``n_runs`` MD runs of ``n_atoms`` atoms advanced together, MB (all graphs at once);
+    ``MD_CUDA_HOST_MEM_MB`` more for any ``device`` (md.device) but cpu."""
+    cuda = 0 if device == "cpu" else MD_CUDA_HOST_MEM_MB
+    return int(MD_BASE_MEM_MB + cuda + MD_MEM_MB_PER_ATOM2[calculator] * n_atoms**2 * n_runs)
 
 
 def md_batches(config: dict[str, Any], shard: str) -> list[list[Run]]:

@@ -62,7 +62,8 @@ generator, with zero total momentum, rescaled to exactly T. Outputs:
   ``positions_A`` (n, N, 3) float64 Cartesian (unwrapped) and ``cells_A`` (n, 3, 3) float64,
   n = n_steps - n_equil + 1, for the thermal displacements about the lattice sites
   (:mod:`mdxrd.displacements`).
-* ``run.json``: seed, device, threads, calculator, timing and versions.
+* ``run.json``: seed, device (with torch's CUDA version and the GPU model), threads, calculator, timing
+  and versions.
 
 Checkpoints: every ``checkpoint_interval`` steps the whole state (positions,
 momenta, cell, step, random generator state and the records gathered so far) is
@@ -593,7 +594,8 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
     """
     import torch  # lazy: torch 1.3 s; not in envs/base.yaml, and loaded by every mdxrd command
 
-    from mdxrd.calculator import resolve_device  # lazy: imports torch and chgnet.model (3.2 s); not in envs/base.yaml
+    # lazy: imports torch and chgnet.model (3.2 s); not in envs/base.yaml
+    from mdxrd.calculator import device_info, resolve_device
 
     torch.set_num_threads(params.threads)
     out_dir = Path(out_dir)
@@ -641,6 +643,7 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
         "params": {**asdict(params), "ensemble": params.ensemble.value},
         "n_atoms": n,
         "device": resolve_device(params.device),
+        **device_info(resolve_device(params.device)),  # torch_cuda (torch.version.cuda), gpu (model name)
         "torch_threads": torch.get_num_threads(),
         "wall_s": wall,
         "s_per_step": wall / max(1, params.n_steps - start),
@@ -725,7 +728,14 @@ def run_shard(params: dict[str, Any], supercell_template: str, run_template: str
     ------
     mdxrd.shard.ShardError
         Some runs failed (each named with its error); the others' outputs are written.
+    RuntimeError
+        At the start, before any run: ``md.device`` asks for a CUDA device torch does not see
+        (:func:`mdxrd.calculator.resolve_device`).
     """
+    from mdxrd.calculator import resolve_device  # lazy: torch and chgnet.model (3.2 s)
+
+    for device in {run["params"].get("device", MDParams.device) for runs in params["batches"] for run in runs}:
+        resolve_device(device)  # at job start: md.device cuda without a CUDA device (or auto with a GPU unseen)
     started = time.perf_counter()
     entries, failures, made = [], [], 0
     structures: dict[str, tuple[Any, str]] = {}

@@ -54,20 +54,26 @@ def md_params(config: dict[str, Any], run: grid.Run) -> dict[str, Any]:
     }
 
 
+def relax_device(config: dict[str, Any]) -> str:
+    """The relax stage's torch device: ``md.device`` cpu stays cpu, anything else becomes auto (the stage runs
+    on CPU nodes, where ``md.device: cuda`` would fail; auto and cpu keep the stamps of earlier runs)."""
+    return "cpu" if config["md"]["device"] == "cpu" else "auto"
+
+
 def structure_params(config: dict[str, Any], unit: str) -> dict[str, Any]:
     """Keyword arguments of :class:`mdxrd.structure.StructureParams` for ``unit``."""
     s = config["structure"]
     entry = grid.unit(config, unit)
     return {"supercell": list(entry["supercell"]), "relax": s["relax"], "fmax_eV_per_A": s["fmax_eV_per_A"],
             "relax_max_steps": s["relax_max_steps"], "max_atoms": s["max_atoms"],
-            "device": config["md"]["device"], "threads": config["md"]["threads"], "potential": entry["potential"]}
+            "device": relax_device(config), "threads": config["md"]["threads"], "potential": entry["potential"]}
 
 
 def reference_params(config: dict[str, Any], unit: str) -> dict[str, Any]:
     """Keyword arguments of :class:`mdxrd.reference.ReferenceParams` for ``unit``."""
     r = config["reference"]
     return {"eos_volume_range": r["eos_volume_range"], "eos_points": r["eos_points"],
-            "fmax_eV_per_A": config["structure"]["fmax_eV_per_A"], "device": config["md"]["device"],
+            "fmax_eV_per_A": config["structure"]["fmax_eV_per_A"], "device": relax_device(config),
             "threads": config["md"]["threads"], "potential": grid.unit(config, unit)["potential"]}
 
 

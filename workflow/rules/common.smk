@@ -82,10 +82,21 @@ def shard_n_units(wildcards):
 
 
 def md_mem_mb(wildcards, attempt):
-    """The largest MD batch of the shard (mdxrd.grid.md_job_mem_mb), twice on a retry."""
-    calc = config["md"]["calculator"]
+    """The largest MD batch of the shard (mdxrd.grid.md_job_mem_mb, with a CUDA process's host memory unless
+    md.device is cpu), twice on a retry."""
+    calc, device = config["md"]["calculator"], config["md"]["device"]
     return attempt * max(grid.md_job_mem_mb(calc, max(grid.supercell_atoms(grid.unit(config, r.unit)) for r in b),
-                                            len(b)) for b in grid.md_batches(config, wildcards.shard))
+                                            len(b), device) for b in grid.md_batches(config, wildcards.shard))
+
+
+def md_gpu_resources():
+    """The MD rule's GPU request: none with md.device cpu, else one GPU as gpu=1 (sbatch --gpus) or gres="gpu:1"
+    (md.gpu_request) with md.gpu_job_cpus CPUs per GPU."""
+    md = config["md"]
+    if md["device"] == "cpu":
+        return {}
+    gpu = {"gpu": 1} if md["gpu_request"] == "gpus" else {"gres": "gpu:1"}
+    return {**gpu, "cpus_per_gpu": md["gpu_job_cpus"]}
 
 
 def md_runtime(wildcards, attempt):

@@ -16,15 +16,16 @@ rule md:
         supercell=lambda wc: os.path.join(path("structure"), "supercell.traj"),
         run_dir=lambda wc: path("md"),
     threads: config["md"]["threads"]
-    # One GPU where the executor gives one (md.device: auto); SITE (SLURM): add gpu_model="a100" for
-    # sbatch --gpus=<model>:1. Memory: the largest batch (mdxrd.grid.md_job_mem_mb); time: the batches in turn.
+    # One GPU unless md.device is cpu, as --gpus=1 or --gres=gpu:1 (md.gpu_request), with md.gpu_job_cpus CPUs;
+    # SITE (SLURM): add gpu_model="a100" for sbatch --gpus=<model>:1. Memory: the largest batch
+    # (mdxrd.grid.md_job_mem_mb); time: the batches in turn.
     # A rerun after a time-limit kill resumes every run from its last checkpoint with twice the limit.
     resources:
-        gpu=1,
+        **md_gpu_resources(),
         mem_mb=md_mem_mb,
         runtime=md_runtime,
     conda:
-        "../../envs/chgnet.yaml"
+        "../../envs/chgnet-cuda.yaml" if config["md"]["cuda_env"] else "../../envs/chgnet.yaml"
     shell:
         "python -m mdxrd md --params {input.params:q} --supercell '{params.supercell}' --run-dir '{params.run_dir}'"
         " --manifest {output.manifest:q} > {log:q} 2>&1"
