@@ -1,0 +1,170 @@
+"""Models over a :class:`~mdxrd.engine.state.BatchState`: ``energy_forces_stress(state)`` returns
+energies (S,) eV, forces (N, 3) eV/Angstrom and stresses (S, 3, 3) eV/Angstrom^3 (ASE's sign,
+tensile positive)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase import units
+from ase.neighborlist import primitive_neighbor_list
+from pymatgen.core import Structure
+
+from mdxrd.engine.state import BatchState
+
+__all__ = ["CHGNetModel", "LennardJonesModel", "ZeroModel"]
+
+
+class ZeroModel:
+    """Zero energy, forces and stress (benchmarks of the integrators alone)."""
+
+    def energy_forces_stress(self, state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Zeros of shapes (S,), (N, 3), (S, 3, 3)."""
+        z = state.positions.new_zeros
+        return z(state.n_systems), z(state.positions.shape), z((state.n_systems, 3, 3))
+
+
+class LennardJonesModel:
+    """Lennard-Jones pair potential over the batch, equal to ``ase.calculators.lj.LennardJones``.
+
+    ``u(r) = 4 eps ((sigma/r)^12 - (sigma/r)^6)`` for ``r < rc``, shifted by ``u(rc)`` or, with
+    ``smooth``, multiplied by ASE's C^1 cutoff function between ``ro`` and ``rc`` (Jones, Proc. R.
+    Soc. A 106, 463 (1924); ASE's implementation). Forces ``F_i = sum_j u'(r_ij) r_ij_hat`` and the
+    virial stress ``sigma = (1/V) sum_i (1/2) sum_j f_ij d_ij^T`` (Allen & Tildesley, Computer
+    Simulation of Liquids (2017), eq. 2.60) as ASE computes them.
+
+    Pairs come from a Verlet list per system (``ase.neighborlist.primitive_neighbor_list`` at
+    ``rc + skin``, on the host), rebuilt for a system only when ``2 max|dr| + max|n| |dh|_F`` since
+    its build exceeds ``skin`` (``n`` the image shifts); the pair terms are computed on the state's
+    device, vectorized over all systems. Lists are keyed by ``state.system_id``, so a system leaving
+    the batch does not change the others' lists.
+
+    Parameters
+    ----------
+    sigma, epsilon, rc, ro, smooth : as ``ase.calculators.lj.LennardJones`` (Angstrom, eV;
+        ``rc`` default 3 sigma, ``ro`` default 0.66 rc).
+    skin : float
+        Verlet-list skin, Angstrom.
+    """
+
+    def __init__(self, sigma: float = 1.0, epsilon: float = 1.0, rc: float | None = None, ro: float | None = None,
+                 smooth: bool = False, skin: float = 0.5) -> None:
+        self.sigma, self.epsilon = float(sigma), float(epsilon)
+        self.rc = 3.0 * self.sigma if rc is None else float(rc)
+        self.ro = 0.66 * self.rc if ro is None else float(ro)
+        self.smooth, self.skin = bool(smooth), float(skin)
+        self._lists: dict[int, tuple] = {}  # system_id -> (i, j, shifts (P,3), ref positions, ref cell, max |n|)
+        self._cache = None  # (system ids, i, j, shifts, ref positions (N,3), ref cells (S,3,3), max |n| (S,))
+        self.builds = 0
+
+    def _pairs(self, state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Global (i, j, image shift (P, 3)) over the batch, rebuilding stale systems' lists."""
+        ids = tuple(state.system_id.tolist())
+        pos = state.positions.detach()
+        verified = self._cache is not None and self._cache[0] == ids
+        if verified:  # same systems: one vectorized staleness check
+            _, i, j, shift, ref_pos, ref_cell, nmax = self._cache
+            disp = pos.new_zeros(len(ids)).scatter_reduce_(0, state.system_idx, (pos - ref_pos).norm(dim=1), "amax")
+            dcell = (state.cell.detach() - ref_cell).flatten(1).norm(dim=1)
+            bad = 2 * disp + nmax * dcell > self.skin
+            if not bool(bad.any()):
+                return i, j, shift
+            for k in torch.nonzero(bad).flatten().tolist():
+                del self._lists[ids[k]]
+        counts = state.n_atoms.tolist()
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        stale = [k for k, sid in enumerate(ids) if sid not in self._lists]
+        if stale:
+            host = state.positions.detach().cpu().numpy()
+            cells = state.cell.detach().cpu().numpy()
+            for k in stale:
+                r = host[starts[k]:starts[k] + counts[k]]
+                i, j, shift = primitive_neighbor_list("ijS", (True,) * 3, cells[k], r, self.rc + self.skin,
+                                                      self_interaction=False)
+                dev = state.positions.device
+                self._lists[ids[k]] = (torch.as_tensor(i, device=dev), torch.as_tensor(j, device=dev),
+                                       torch.as_tensor(shift, dtype=state.positions.dtype, device=dev),
+                                       state.positions[starts[k]:starts[k] + counts[k]].detach().clone(),
+                                       state.cell[k].detach().clone(),
+                                       float(np.linalg.norm(shift, axis=1).max()) if len(shift) else 0.0)
+                self.builds += 1
+        lists = [self._lists[sid] for sid in ids]
+        i = torch.cat([lst[0] + int(s0) for lst, s0 in zip(lists, starts)])
+        j = torch.cat([lst[1] + int(s0) for lst, s0 in zip(lists, starts)])
+        shift = torch.cat([lst[2] for lst in lists])
+        nmax = torch.tensor([lst[5] for lst in lists], dtype=pos.dtype, device=pos.device)
+        self._cache = (ids, i, j, shift, torch.cat([lst[3] for lst in lists]), torch.stack([lst[4] for lst in lists]),
+                       nmax)
+        if not verified and len(stale) < len(ids):  # lists kept from another batch: check them now
+            return self._pairs(state)
+        return i, j, shift
+
+    def energy_forces_stress(self, state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Energies (S,) eV, forces (N, 3) eV/Angstrom, stresses (S, 3, 3) eV/Angstrom^3 of every system.
+        Periodic images are listed, so cells smaller than ``rc`` are handled."""
+        i, j, shift = self._pairs(state)
+        sys_i = state.system_idx[i]
+        d = state.positions[j] + torch.bmm(shift[:, None, :], state.cell[sys_i])[:, 0] - state.positions[i]
+        r2 = (d * d).sum(1)
+        inside = r2 <= self.rc ** 2
+        x = torch.where(inside, self.sigma ** 2 / r2, torch.zeros_like(r2))
+        c6 = x * x * x
+        c12 = c6 * c6
+        e_pair = 4 * self.epsilon * (c12 - c6)
+        du = -24 * self.epsilon * (2 * c12 - c6) / r2
+        if self.smooth:
+            rc2, ro2 = self.rc ** 2, self.ro ** 2
+            fc = torch.where(r2 < ro2, torch.ones_like(r2),
+                             torch.where(r2 < rc2, (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ro2) / (rc2 - ro2) ** 3,
+                                         torch.zeros_like(r2)))
+            dfc = torch.where(r2 < ro2, torch.zeros_like(r2),
+                              torch.where(r2 < rc2, 6 * (rc2 - r2) * (ro2 - r2) / (rc2 - ro2) ** 3,
+                                          torch.zeros_like(r2)))
+            du = fc * du + 2 * dfc * e_pair
+            e_pair = e_pair * fc
+        else:
+            e0 = 4 * self.epsilon * ((self.sigma / self.rc) ** 12 - (self.sigma / self.rc) ** 6)
+            e_pair = torch.where(c6 != 0.0, e_pair - e0, e_pair)
+        f_pair = du[:, None] * d
+        s = state.n_systems
+        forces = torch.zeros_like(state.positions).index_add_(0, i, f_pair)
+        energy = state.positions.new_zeros(s).index_add_(0, sys_i, 0.5 * e_pair)
+        virial = state.positions.new_zeros((s, 3, 3)).index_add_(0, sys_i, 0.5 * f_pair[:, :, None] * d[:, None, :])
+        return energy, forces, virial / state.volume()[:, None, None]
+
+
+class CHGNetModel:
+    """CHGNet over a batch: graphs built per system on the host (:func:`mdxrd.crystal_graph.crystal_graph`),
+    one batched forward and backward pass (:func:`mdxrd.calculator.energy_forces_stress`; Deng et al.,
+    Nat. Mach. Intell. 5, 1031 (2023)).
+
+    Parameters
+    ----------
+    model : chgnet.model.model.CHGNet
+        On its device (``mdxrd.calculator.load_model``).
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+
+    def energy_forces_stress(self, state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Energies (S,) eV, forces (N, 3) eV/Angstrom, stresses (S, 3, 3) eV/Angstrom^3 (ASE sign), in
+        the state's dtype and device; as ``FastCHGNetCalculator`` per structure."""
+        from mdxrd.calculator import energy_forces_stress
+        from mdxrd.crystal_graph import crystal_graph
+
+        pos = state.positions.detach().cpu().double().numpy()
+        cells = state.cell.detach().cpu().double().numpy()
+        numbers = state.numbers.cpu().numpy()
+        counts = state.n_atoms.tolist()
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        graphs = []
+        for k, (s0, n) in enumerate(zip(starts, counts)):
+            structure = Structure(cells[k], numbers[s0:s0 + n], pos[s0:s0 + n], coords_are_cartesian=True)
+            graphs.append(crystal_graph(self.model.graph_converter, structure).to(self.device))
+        results = energy_forces_stress(self.model, graphs)
+        like = {"dtype": state.positions.dtype, "device": state.positions.device}
+        energy = torch.tensor([e for e, _, _ in results], **like)
+        forces = torch.as_tensor(np.concatenate([f for _, f, _ in results]), **like)
+        stress = torch.as_tensor(np.stack([s for _, _, s in results]) * units.GPa, **like)
+        return energy, forces, stress
