@@ -142,6 +142,20 @@ def test_more_builtins_equal_their_packages_calculators(spec, oracle):
         assert resolved["name"] == {"PBE": "sevennet-mf-0", "R2SCAN": "sevennet-mf-0-r2scan"}[oracle[3:]]
 
 
+def test_mf_0_modals_are_the_checkpoints():
+    # the allowed modal values (checked at parse time without torch) are the checkpoint's heads, default first
+    pytest.importorskip("sevenn")
+    import importlib.util
+
+    import torch
+
+    entry = resolve_potential("sevennet-mf-0")
+    root = Path(list(importlib.util.find_spec("sevenn").submodule_search_locations)[0]).parent
+    config = torch.load(root / entry["model_file"], map_location="cpu", weights_only=False)["config"]
+    allowed = BUILTIN["sevennet-mf-0"].options["modal"]
+    assert set(allowed) == set(config["_modal_map"]) and allowed[0] == config["default_modal"]
+
+
 def test_heads_and_models_differ_and_bad_options_are_named():
     pytest.importorskip("sevenn")
     atoms = _displaced_si()
