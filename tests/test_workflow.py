@@ -368,11 +368,15 @@ def test_tiny_run_qc_and_report(tiny_run):
     """The QC table flags what a 20-step run is (not equilibrated, too few snapshots); the report holds the plots."""
     work, _ = tiny_run
     qc = pq.read_table(work / "results" / "qc" / "Cu" / "qc.parquet").to_pandas()
-    runs = qc[qc.scope != "crystal"]
-    assert set(runs.check) == {"equilibrated", "independent_snapshots", "not_melted", "B_iso_vs_pattern"}
-    assert len(runs) == 7  # B_iso against the run's own pattern: NVT only
+    runs = qc[(qc.scope != "crystal") & ~qc.scope.str.startswith("harmonic")]
+    assert set(runs.check) == {"equilibrated", "independent_snapshots", "not_melted", "phase_kept", "B_iso_vs_pattern",
+                               "B_iso_vs_harmonic_Cu"}
+    assert len(runs) == 10  # B_iso against the run's own pattern and the harmonic B: NVT only
     assert (runs[runs.check == "independent_snapshots"].status == "warn").all()  # 2 snapshots < 4
-    assert (runs[runs.check == "not_melted"].status == "pass").all()
+    assert (runs[runs.check.isin(["not_melted", "phase_kept"])].status == "pass").all()
+    harmonic = qc[qc.scope.str.startswith("harmonic")]  # the relaxed cell's phonons: stable, quantum B >= classical
+    assert (harmonic[harmonic.check == "phonons_stable"].status == "pass").all()
+    assert (harmonic[harmonic.check == "B_quantum_ratio_Cu"].value >= 1.0).all()
     assert set(qc[qc.scope == "crystal"].check) >= {"relaxation_converged", "relaxed_vs_cif_a"}
     for name in ("patterns", "zoom", "thermal", "traces"):
         png = work / "results" / "plots" / "Cu" / f"{name}.png"
