@@ -124,7 +124,7 @@ def _post(tmp_path, lattice):
                                   instrument=[{"name": "g", "wavelength": LAMBDA, "sigma_deg": 0.1}])},
            "md_dir": str(tmp_path / "md"), "snapshots_dir": str(tmp_path / "snap"), "xrd_dir": str(tmp_path / "xrd"),
            "sites": str(tmp_path / "supercell.traj"), "structure_info": str(tmp_path / "structure.json"),
-           "lattice": lattice, "npt_md_dirs": []}
+           "lattice": lattice, "npt_lengths": []}
     process_run(job)
     refl = pq.read_table(tmp_path / "xrd" / "reflections.parquet").to_pandas()
     bragg = refl[refl["is_bragg"] & (refl["h"].abs() == refl["k"].abs()) & (refl["k"].abs() == refl["l"].abs())]

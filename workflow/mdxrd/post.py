@@ -85,9 +85,8 @@ def _anchor(job: dict[str, Any]) -> dict[str, Any]:
     run = job["run"]
     sites = read(job["sites"])
     lengths_0K = dict(zip(AXES, map(float, sites.cell.lengths() / np.asarray(run["supercell"])), strict=True))
-    npt = [(t, _window_lengths(d, run["supercell"])) for t, d in job["npt_md_dirs"]]
     out = anchor(job["lattice"], float(run["temperature_K"]), _window_lengths(job["md_dir"], run["supercell"]),
-                 lengths_0K, npt)
+                 lengths_0K, job["npt_lengths"])
     if out["method"] is None:
         log.warning("%s: lattice: experiment needs %s; the potential's lattice is kept", run["unit"],
                     ", ".join(out["missing"]))
@@ -135,18 +134,21 @@ def run_shard(params: dict[str, Any], md_template: str, structure_template: str,
                 "replica": run["replica"]}
 
     lattice = params.get("lattice", {"mode": "potential", "crystals": {}})
+    anchored = lattice["mode"] == "experiment"
+    npt_lengths: dict[str, list[tuple[float, dict[str, float]]]] = {}  # per unit, each NPT window read once
+    for r in params["runs"] if anchored else []:
+        if r["ensemble"].startswith("npt"):
+            npt_lengths.setdefault(r["unit"], []).append(
+                (float(r["temperature_K"]), _window_lengths(fill(md_template, **fields(r)), r["supercell"])))
     jobs = []
     for run in params["runs"]:
         sdir = fill(structure_template, unit=run["unit"])
-        anchored = lattice["mode"] == "experiment"
-        npt = [(float(r["temperature_K"]), str(fill(md_template, **fields(r)))) for r in params["runs"]
-               if anchored and r["unit"] == run["unit"] and r["ensemble"].startswith("npt")]
         jobs.append({"run": run, "params": {"snapshots": params["snapshots"], "xrd": params["xrd"]},
                      "md_dir": str(fill(md_template, **fields(run))),
                      "snapshots_dir": str(fill(snapshots_template, **fields(run))),
                      "xrd_dir": str(fill(xrd_template, **fields(run))), "sites": str(sdir / "supercell.traj"),
                      "structure_info": str(sdir / "structure.json"),
-                     "lattice": lattice["crystals"].get(run["unit"], {}) if anchored else None, "npt_md_dirs": npt,
+                     "lattice": lattice["crystals"].get(run["unit"], {}) if anchored else None, "npt_lengths": npt_lengths.get(run["unit"], []),
                      "phonons": str(fill(reference_template, unit=run["unit"]) / PHONON_FILE)
                      if params.get("zero_point_correction") and reference_template else None})
     results, failures = run_all(jobs, process_run, lambda j: j["md_dir"], workers=workers)

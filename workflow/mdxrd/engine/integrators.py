@@ -44,12 +44,14 @@ def evaluate(state: BatchState, model: Model) -> BatchState:
     return state
 
 
-def _berendsen_lambda(state: BatchState) -> torch.Tensor:
-    """(S,) lambda = sqrt(1 + (dt/tau_T)(T0/T - 1)) clipped to [0.9, 1.1] (Berendsen et al., J. Chem.
-    Phys. 81, 3684 (1984), eq. 11; the clip is ASE's)."""
+def _berendsen_thermostat(state: BatchState) -> None:
+    """``p <- lambda p`` per system, lambda = sqrt(1 + (dt/tau_T)(T0/T - 1)) clipped to [0.9, 1.1]
+    (Berendsen et al., J. Chem. Phys. 81, 3684 (1984), eq. 11; the clip is ASE's), then the centre-of-mass
+    momentum removed (ASE's FixCom)."""
     t = state.temperature()
-    lam = torch.sqrt(1.0 + (state.temperature_K / t - 1.0) * (state.dt / state.tau_T))
-    return lam.clamp(LAMBDA_MIN, LAMBDA_MAX)
+    lam = torch.sqrt(1.0 + (state.temperature_K / t - 1.0) * (state.dt / state.tau_T)).clamp(LAMBDA_MIN, LAMBDA_MAX)
+    state.momenta = state.momenta * lam[state.system_idx][:, None]
+    state.remove_com_momentum()
 
 
 def _verlet(state: BatchState, model: Model) -> None:
@@ -74,7 +76,7 @@ def nvt_berendsen_step(state: BatchState, model: Model) -> BatchState:
     """One NVT-Berendsen step for every system: ``p <- lambda p``, then velocity Verlet.
 
     The order of ASE's ``NVTBerendsen.step`` with a ``FixCom`` constraint
-    (:func:`mdxrd.md.make_dynamics`); lambda from :func:`_berendsen_lambda` with each system's T0,
+    (:func:`mdxrd.md.make_dynamics`); lambda from :func:`_berendsen_thermostat` with each system's T0,
     dt, tau_T.
 
     Parameters
@@ -89,8 +91,7 @@ def nvt_berendsen_step(state: BatchState, model: Model) -> BatchState:
     BatchState
         The same object, advanced.
     """
-    state.momenta = state.momenta * _berendsen_lambda(state)[state.system_idx][:, None]
-    state.remove_com_momentum()
+    _berendsen_thermostat(state)
     _verlet(state, model)
     return state
 
@@ -145,8 +146,7 @@ def npt_berendsen_step(state: BatchState, model: Model, cell: str = "isotropic",
         ``cell`` not "isotropic" or "tensor".
     """
     idx = state.system_idx
-    state.momenta = state.momenta * _berendsen_lambda(state)[idx][:, None]
-    state.remove_com_momentum()
+    _berendsen_thermostat(state)
     sigma = state.stress + state.kinetic_stress()
     rate = state.dt / state.tau_P
     if cell == "isotropic":
