@@ -5,10 +5,18 @@ Usage::
     python benchmarks/bench_engine.py [--steps 50] [--device cpu]
 
 K = 1, 64, 256 Si 2x2x2 systems (64 atoms each) with a zero-force model (``ZeroModel``: what is timed
-is the integrator and its bookkeeping only), NVT-Berendsen and Langevin (BAOAB) steps; the same per
-run-step for ASE's NVTBerendsen and Langevin with a ``FixCom`` constraint and a zero-force calculator
-(today's path in mdxrd.md); and the crystal graph of one Si64 (``mdxrd.crystal_graph``) for reference.
-Median over 3 repeats, one CPU thread, wall time per system-step.
+is the integrator and its bookkeeping only):
+
+* the step alone (:func:`mdxrd.engine.integrators.md_step`) for NVT-Berendsen, NVT-Langevin (BAOAB) and
+  NPT-Berendsen batches, against ASE's NVTBerendsen and Langevin with a ``FixCom`` constraint and a
+  zero-force calculator per run-step;
+* the MD stage's whole host side on the engine (:func:`mdxrd.engine.runs.run_md_engine`: start
+  velocities, the step, the device buffer, its copies to the host, the records, the files of every
+  run), 100 NVT-Berendsen steps with a window of 50, against the ASE path (:func:`mdxrd.md.run_md`)
+  per run-step;
+
+and the crystal graph of one Si64 (``mdxrd.crystal_graph``) for reference. Median over 3 repeats (the
+stage: one), one CPU thread, wall time per system-step.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from ase.md.langevin import Langevin
 from ase.md.nvtberendsen import NVTBerendsen
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from mdxrd.engine import BatchState
-from mdxrd.engine.integrators import evaluate, langevin_baoab_step, nvt_berendsen_step
+from mdxrd.engine.integrators import evaluate, md_step
 from mdxrd.engine.models import ZeroModel
 
 
@@ -66,19 +74,38 @@ def median(fn, repeat: int = 3) -> float:
     return statistics.median(times)
 
 
-def engine_ms(k: int, step, steps: int, device: str) -> float:
+def engine_ms(k: int, ensemble: str, steps: int, device: str) -> float:
     state = BatchState.from_atoms([si64(s) for s in range(k)], temperature_K=300.0, timestep_fs=2.0,
-                                  seeds=range(k), device=device)
+                                  seeds=range(k), ensemble=ensemble, device=device)
     model = ZeroModel()
     evaluate(state, model)
-    step(state, model)  # warm-up
+    md_step(state, model)  # warm-up
 
     def go():
         for _ in range(steps):
-            step(state, model)
+            md_step(state, model)
         if device != "cpu":
             torch.cuda.synchronize()
     return median(go) / (steps * k) * 1e3
+
+
+def stage_ms(k: int, device: str, ase: bool = False) -> float:
+    """Wall ms per system-step of K runs through the MD stage (engine, or run_md alone), zero forces."""
+    import tempfile
+
+    from mdxrd.engine.runs import run_md_engine
+    from mdxrd.md import MDParams, run_md
+
+    params = MDParams(ensemble="nvt_berendsen", temperature_K=300.0, timestep_fs=2.0, n_steps=100, n_equil=50,
+                      n_interval=25, device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [(si64(s), params, Path(tmp) / f"r{s}") for s in range(k)]
+        t = time.perf_counter()
+        if ase:
+            run_md(runs[0][0], params, runs[0][2], calc=ZeroCalculator())
+        else:
+            run_md_engine(runs, calc=ZeroCalculator(), model=ZeroModel())
+        return (time.perf_counter() - t) / (k * params.n_steps) * 1e3
 
 
 def ase_ms(make, steps: int) -> float:
@@ -103,10 +130,18 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {args.device}, {args.steps} steps, Si64 systems, zero-force model")
     print("| integrator | K | engine ms per system-step | ASE ms per run-step | ASE / engine |")
     print("|---|---|---|---|---|")
-    for name, step, ref in (("NVT-Berendsen", nvt_berendsen_step, ase_nvt), ("Langevin", langevin_baoab_step, ase_lan)):
+    for name, ensemble, ref in (("NVT-Berendsen", "nvt_berendsen", ase_nvt), ("Langevin", "nvt_langevin", ase_lan),
+                                ("NPT-Berendsen", "npt_berendsen", None)):
         for k in (1, 64, 256):
-            ms = engine_ms(k, step, args.steps, args.device)
-            print(f"| {name} | {k} | {ms:.4f} | {ref:.3f} | {ref / ms:.0f} |")
+            ms = engine_ms(k, ensemble, args.steps, args.device)
+            print(f"| {name} | {k} | {ms:.4f} | {ref or float('nan'):.3f} | {(ref or float('nan')) / ms:.0f} |")
+    stage_ase = stage_ms(1, args.device, ase=True)
+    print("\nMD stage, host side (100 NVT-Berendsen steps, window 50, files written)")
+    print("| K | engine ms per system-step | ASE path ms per run-step | ratio |")
+    print("|---|---|---|---|")
+    for k in (1, 64, 256):
+        ms = stage_ms(k, args.device)
+        print(f"| {k} | {ms:.4f} | {stage_ase:.3f} | {stage_ase / ms:.0f} |")
     from mdxrd.calculator import _structure, load_model
     from mdxrd.crystal_graph import crystal_graph
 

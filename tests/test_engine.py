@@ -11,12 +11,7 @@ from ase.constraints import FixCom
 from ase.md.nvtberendsen import NVTBerendsen
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from mdxrd.engine import BatchState
-from mdxrd.engine.integrators import (
-    evaluate,
-    langevin_baoab_step,
-    npt_berendsen_step,
-    nvt_berendsen_step,
-)
+from mdxrd.engine.integrators import evaluate, md_step
 from mdxrd.engine.models import LennardJonesModel
 from mdxrd.engine.runner import run
 from mdxrd.integrators import NPTBerendsenOneForce, cartesian_point_group
@@ -81,7 +76,7 @@ def test_nvt_berendsen_matches_ase():
             for k, a in enumerate(systems)]
     state = BatchState.from_atoms(systems, temperature_K=t0, timestep_fs=4.0, taut_fs=taut)
     model = LennardJonesModel(**LJ)
-    state, removed = run(state, model, nvt_berendsen_step, 100)
+    state, removed = run(state, model, 100)
     assert not removed
     moved = max(np.abs(r.positions - a.positions).max() for r, a in zip(refs, systems))
     assert moved > 0.1  # the test sees real motion
@@ -112,12 +107,12 @@ def test_npt_berendsen_matches_one_force(cell, group):
         at, 4 * units.fs, temperature_K=t0[k], pressure_au=p0[k] * units.GPa, cell=cell, point_group=rotations,
         **kw), 100) for k, a in enumerate(systems)]
     state = BatchState.from_atoms(systems, temperature_K=t0, timestep_fs=4.0, taut_fs=50.0, taup_fs=200.0,
-                                  compressibility_per_GPa=0.3, pressure_GPa=p0)
-    batch_rotations = None if rotations is None else torch.as_tensor(np.stack([rotations] * 2))
+                                  compressibility_per_GPa=0.3, pressure_GPa=p0, ensemble="npt_berendsen",
+                                  npt_cell=cell, rotations=[rotations] * 2)
     model = LennardJonesModel(**LJ)
     evaluate(state, model)
     for _ in range(100):
-        npt_berendsen_step(state, model, cell=cell, rotations=batch_rotations)
+        md_step(state, model)
     dv = max(abs(r.get_volume() / a.get_volume() - 1) for r, a in zip(refs, systems))
     assert dv > 1e-3
     print(f"NPT-Berendsen {cell} group={group}: |dV/V| {dv:.2e}, max deviation {_max_dev(state, refs):.2e} A")
@@ -138,10 +133,10 @@ def test_langevin_canonical_temperature():
     n_sys, t0 = 64, 50.0
     systems = [argon((2, 2, 2), t0, 100 + k) for k in range(n_sys)]
     state = BatchState.from_atoms(systems, temperature_K=t0, timestep_fs=2.0, friction_per_fs=0.02,
-                                  seeds=range(n_sys))
+                                  seeds=range(n_sys), ensemble="nvt_langevin")
     model = LennardJonesModel(**{**LJ, "rc": 6.0})
     samples = []
-    state, removed = run(state, model, langevin_baoab_step, 1200, every=1,
+    state, removed = run(state, model, 1200, every=1,
                          callback=lambda n, s: samples.append(s.temperature()) if n > 200 else None)
     assert not removed
     t = torch.stack(samples).numpy()  # (1000, 64)
@@ -162,11 +157,11 @@ def test_runaway_system_leaves_others_bit_identical():
     hot.set_momenta(hot.get_momenta() * 100)
     kw = {"timestep_fs": 4.0, "taut_fs": 50.0}
     full = BatchState.from_atoms([base[0], hot, base[2]], temperature_K=[40, 40, 30], **kw)
-    state, removed = run(full, LennardJonesModel(**LJ), nvt_berendsen_step, 60)
+    state, removed = run(full, LennardJonesModel(**LJ), 60)
     assert [(r.system_id, r.step) for r in removed] == [(1, 1)]
     assert state.system_id.tolist() == [0, 2]
     alone = BatchState.from_atoms([base[0], base[2]], temperature_K=[40, 30], **kw)
-    alone, none = run(alone, LennardJonesModel(**LJ), nvt_berendsen_step, 60)
+    alone, none = run(alone, LennardJonesModel(**LJ), 60)
     assert not none
     assert torch.equal(state.positions, alone.positions) and torch.equal(state.momenta, alone.momenta)
 

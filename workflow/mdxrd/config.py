@@ -167,6 +167,14 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
                           "comes from the harmonic phonons)")
     config["instrument"] = _resolve_instruments(config, source)
     config["potentials"] = _resolve_potentials(config, source)
+    if md["engine"] == "torch":
+        unfit = [p["name"] for p in config["potentials"] if p["kind"] != "chgnet"]
+        if unfit or md["calculator"] != "fast" or md["npt_integrator"] != "mdxrd":
+            raise ConfigError(
+                f"{source}: md.engine: torch runs CHGNet potentials (chgnet, chgnet-r2scan) with md.calculator: fast and "
+                f"md.npt_integrator: mdxrd; got potentials {unfit or 'ok'}, calculator {md['calculator']}, "
+                f"npt_integrator {md['npt_integrator']}; allowed engines: auto (torch where it can run on a CUDA "
+                "device, else ase), ase, torch")
     split = config["dataset"]["split"]
     if abs(sum(split.values()) - 1.0) > 1e-9:
         raise ConfigError(f"{source}: dataset.split: the fractions {split} must add up to 1")

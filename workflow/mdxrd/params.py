@@ -49,7 +49,7 @@ def md_params(config: dict[str, Any], run: grid.Run) -> dict[str, Any]:
         "checkpoint_interval": md["checkpoint_interval"],
         "seed": run_seed(config["seed"], run.unit, run.ensemble, run.temperature_K, run.replica),
         "potential": entry["potential"],
-        **{k: md[k] for k in ("device", "threads", "calculator", "npt_integrator", "npt_cell",
+        **{k: md[k] for k in ("device", "engine", "threads", "calculator", "npt_integrator", "npt_cell",
                               "start_temperature_factor", "npt_pre_steps", "equil_taup_fs", "progress_interval")},
     }
 

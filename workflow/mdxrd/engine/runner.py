@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mdxrd.engine.integrators import Model, evaluate
+from mdxrd.engine.integrators import Model, advance_to_force, evaluate, finish_step
 from mdxrd.engine.state import BatchState
 
 __all__ = ["Removed", "run"]
@@ -21,14 +21,21 @@ class Removed:
     reason: str
 
 
-def run(state: BatchState, model: Model, step: Callable[[BatchState, Model], BatchState], n_steps: int, *,
+def unfinished(state: BatchState) -> torch.Tensor:
+    """(S,) bool: the system's positions or cell are not all finite (one small device-to-host copy)."""
+    return ~(torch.isfinite(state.sum(state.positions).sum(1)) & torch.isfinite(state.cell).flatten(1).all(1))
+
+
+def run(state: BatchState, model: Model, n_steps: int, *,
         every: int = 0, callback: Callable[[int, BatchState], None] | None = None,
         max_temperature_factor: float = 5.0) -> tuple[BatchState, list[Removed]]:
-    """Advance every system ``n_steps`` steps of ``step`` (an integrator of :mod:`mdxrd.engine.integrators`).
+    """Advance every system ``n_steps`` MD steps (:func:`mdxrd.engine.integrators.md_step`, each system in
+    its own ensemble).
 
-    After each step, a system whose kinetic temperature is not finite or above
-    ``max_temperature_factor`` x T0, or whose positions are not finite, leaves the batch; the
-    others go on unchanged (each system's arithmetic is independent of the others').
+    Before the model call of a step, a system whose positions or cell are not finite (an impossible
+    barostat step) leaves the batch; after the step, one whose kinetic temperature is not finite or above
+    ``max_temperature_factor`` x T0 leaves it; the others go on unchanged (each system's arithmetic is
+    independent of the others').
     ``callback(step, state)`` runs only every ``every`` steps (0: never): the only place where the
     caller should copy to the host (``state.to_atoms()``). The check costs one small device-to-host
     copy ((S,) booleans) per step.
@@ -39,8 +46,6 @@ def run(state: BatchState, model: Model, step: Callable[[BatchState, Model], Bat
         Start; forces are evaluated first if ``state.forces`` is None.
     model : Model
         The potential.
-    step : callable
-        ``step(state, model) -> state``.
     n_steps : int
         Steps, >= 0.
     every : int
@@ -66,15 +71,19 @@ def run(state: BatchState, model: Model, step: Callable[[BatchState, Model], Bat
         evaluate(state, model)
     removed: list[Removed] = []
     for n in range(1, n_steps + 1):
-        state = step(state, model)
-        t = state.temperature()
-        finite = torch.isfinite(state.sum(state.positions).sum(1)) & torch.isfinite(t)
-        hot = t > max_temperature_factor * state.temperature_K
-        bad = ~finite | hot
+        advance_to_force(state)
+        bad = unfinished(state)
         if bool(bad.any()):
-            for sid, fin in zip(state.system_id[bad].tolist(), finite[bad].tolist()):
-                removed.append(Removed(sid, n, "not finite" if not fin else
-                                       f"T > {max_temperature_factor:g} x T0"))
+            removed.extend(Removed(sid, n, "not finite") for sid in state.system_id[bad].tolist())
+            state = state.select(~bad)
+            if state.n_systems == 0:
+                break
+        finish_step(evaluate(state, model))
+        t = state.temperature()
+        bad = ~torch.isfinite(t) | (t > max_temperature_factor * state.temperature_K)
+        if bool(bad.any()):
+            removed.extend(Removed(sid, n, f"T not finite or > {max_temperature_factor:g} x T0")
+                           for sid in state.system_id[bad].tolist())
             state = state.select(~bad)
             if state.n_systems == 0:
                 break

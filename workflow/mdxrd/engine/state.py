@@ -65,6 +65,17 @@ class BatchState:
         (S,) float per-system parameters: target T0 (K), time step and coupling times (ASE time),
         Langevin friction (1/ASE time), compressibility (Angstrom^3/eV), target pressure P0
         (eV/Angstrom^3).
+    ensemble : torch.Tensor
+        (S,) int64 codes of :data:`mdxrd.engine.integrators.ENSEMBLES` (0 NVT-Langevin, 1 NVT-Berendsen,
+        2 NPT-Berendsen).
+    tensor_cell : torch.Tensor
+        (S,) bool: the NPT cell follows the (symmetrized) stress tensor; False: isotropic scaling.
+    projector : torch.Tensor
+        (S, 9, 9) float: each system's point-group average of rank-2 tensors
+        (:func:`mdxrd.engine.integrators.symmetry_projector`; the identity without symmetry).
+    compliance : torch.Tensor
+        (S, 6, 6) float, Angstrom^3/eV: the strain per stress of a tensor cell's step (Voigt, engineering
+        shears; ``kappa/3 diag(1, 1, 1, 2, 2, 2)`` unless given).
     forces, energy, stress : torch.Tensor or None
         The model's results at the current positions: (N, 3) eV/Angstrom, (S,) eV,
         (S, 3, 3) eV/Angstrom^3 (virial only, ASE sign: tensile positive). None until evaluated.
@@ -86,10 +97,17 @@ class BatchState:
     tau_P: torch.Tensor
     kappa: torch.Tensor
     pressure: torch.Tensor
+    ensemble: torch.Tensor
+    tensor_cell: torch.Tensor
+    projector: torch.Tensor
+    compliance: torch.Tensor
     forces: torch.Tensor | None = None
     energy: torch.Tensor | None = None
     stress: torch.Tensor | None = None
     generators: list = field(default_factory=list)
+    _counts: list | None = field(default=None, repr=False)  # host caches: no device-to-host copy per step
+    _n_atoms: torch.Tensor | None = field(default=None, repr=False)
+    _langevin: list | None = field(default=None, repr=False)
 
     @classmethod
     def from_atoms(cls, atoms_list: Sequence[Atoms], *, temperature_K: float | Sequence[float],
@@ -97,18 +115,26 @@ class BatchState:
                    friction_per_fs: float | Sequence[float] = 0.01, taup_fs: float | Sequence[float] = 1000.0,
                    compressibility_per_GPa: float | Sequence[float] = 0.01,
                    pressure_GPa: float | Sequence[float] = 0.0, seeds: Sequence[int] | None = None,
+                   ensemble: str | Sequence[str] = "nvt_berendsen", npt_cell: str | Sequence[str] = "isotropic",
+                   rotations: Sequence[np.ndarray | None] | None = None,
+                   compliance: Sequence[np.ndarray | None] | None = None,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> BatchState:
         """Build a batch from ASE atoms (positions, masses, momenta, cell) and per-system parameters.
 
         Parameters are one value for all systems or a sequence of S values, in the units of
-        :class:`mdxrd.md.MDParams` (fs, 1/fs, GPa, 1/GPa), converted to ASE units.
+        :class:`mdxrd.md.MDParams` (fs, 1/fs, GPa, 1/GPa), converted to ASE units. ``ensemble``: names of
+        :data:`mdxrd.engine.integrators.ENSEMBLES`; ``npt_cell``: "isotropic" or "tensor"; ``rotations``:
+        per system None or (G, 3, 3) Cartesian point-group operations of a tensor cell; ``compliance``:
+        per system None or a (6, 6) compliance in Angstrom^3/eV.
 
         Raises
         ------
         ValueError
-            An empty list, a system without a 3D periodic cell, or a parameter sequence of the
-            wrong length.
+            An empty list, a system without a 3D periodic cell, an unknown ensemble or cell, or a
+            parameter sequence of the wrong length.
         """
+        from mdxrd.engine.integrators import ENSEMBLES, symmetry_projector
+
         if not atoms_list:
             raise ValueError("BatchState.from_atoms: no systems")
         for k, a in enumerate(atoms_list):
@@ -123,6 +149,16 @@ class BatchState:
             g.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
             gens.append(g)
         counts = [len(a) for a in atoms_list]
+        names = [ensemble] * s if isinstance(ensemble, str) else list(ensemble)
+        cells = [npt_cell] * s if isinstance(npt_cell, str) else list(npt_cell)
+        if len(names) != s or len(cells) != s or any(n not in ENSEMBLES for n in names) or \
+                any(c not in ("isotropic", "tensor") for c in cells):
+            raise ValueError(f"BatchState.from_atoms: ensemble must be one of {sorted(ENSEMBLES)} and npt_cell "
+                             f"'isotropic' or 'tensor', one or {s} of each; got {ensemble!r}, {npt_cell!r}")
+        rotations = [None] * s if rotations is None else list(rotations)
+        kappa = _per_system(compressibility_per_GPa, s, "compressibility_per_GPa") / units.GPa
+        compliance = [None] * s if compliance is None else list(compliance)
+        default_c = np.diag([1.0, 1.0, 1.0, 2.0, 2.0, 2.0]) / 3.0
         return cls(
             positions=t(np.concatenate([a.positions for a in atoms_list])),
             momenta=t(np.concatenate([a.get_momenta() for a in atoms_list])),
@@ -136,9 +172,15 @@ class BatchState:
             tau_T=t(_per_system(taut_fs, s, "taut_fs") * units.fs),
             gamma=t(_per_system(friction_per_fs, s, "friction_per_fs") / units.fs),
             tau_P=t(_per_system(taup_fs, s, "taup_fs") * units.fs),
-            kappa=t(_per_system(compressibility_per_GPa, s, "compressibility_per_GPa") / units.GPa),
+            kappa=t(kappa),
             pressure=t(_per_system(pressure_GPa, s, "pressure_GPa") * units.GPa),
+            ensemble=torch.as_tensor([ENSEMBLES[n] for n in names], device=device),
+            tensor_cell=torch.as_tensor([c == "tensor" for c in cells], device=device),
+            projector=t(np.stack([symmetry_projector(r) for r in rotations])),
+            compliance=t(np.stack([kappa[k] * default_c if c is None else np.asarray(c, dtype=np.float64)
+                                   for k, c in enumerate(compliance)])),
             generators=gens,
+            _counts=counts,
         )
 
     @property
@@ -146,10 +188,28 @@ class BatchState:
         """S, the number of systems."""
         return int(self.cell.shape[0])
 
+    def atom_counts(self) -> list[int]:
+        """Atoms per system, on the host (cached: no device-to-host copy per step)."""
+        if self._counts is None:
+            self._counts = torch.bincount(self.system_idx, minlength=self.n_systems).tolist()
+        return self._counts
+
+    def atom_starts(self) -> list[int]:
+        """Index of each system's first atom, on the host."""
+        return [0, *np.cumsum(self.atom_counts())[:-1].tolist()]
+
+    def langevin_systems(self) -> list[int]:
+        """Positions in the batch of the NVT-Langevin systems, on the host (cached)."""
+        if self._langevin is None:
+            self._langevin = torch.nonzero(self.ensemble == 0).flatten().tolist()
+        return self._langevin
+
     @property
     def n_atoms(self) -> torch.Tensor:
-        """(S,) int64 atoms per system."""
-        return torch.bincount(self.system_idx, minlength=self.n_systems)
+        """(S,) int64 atoms per system (cached on the device)."""
+        if self._n_atoms is None:
+            self._n_atoms = torch.as_tensor(self.atom_counts(), dtype=torch.int64, device=self.system_idx.device)
+        return self._n_atoms
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """Per-system sum of per-atom ``values`` (N, ...) -> (S, ...) (:func:`system_sum`)."""
@@ -190,11 +250,15 @@ class BatchState:
         new_index = torch.cumsum(keep.long(), 0) - 1
         per_sys = {f.name: getattr(self, f.name)[keep] for f in fields(self)
                    if f.name in ("cell", "system_id", "temperature_K", "dt", "tau_T", "gamma", "tau_P", "kappa",
-                                 "pressure", "energy", "stress") and getattr(self, f.name) is not None}
+                                 "pressure", "energy", "stress", "ensemble", "tensor_cell", "projector",
+                                 "compliance") and getattr(self, f.name) is not None}
         per_atom = {name: getattr(self, name)[atom_keep] for name in ("positions", "momenta", "masses", "numbers",
                                                                         "forces") if getattr(self, name) is not None}
-        gens = [g for g, k in zip(self.generators, keep.tolist()) if k]
-        return replace(self, **per_sys, **per_atom, system_idx=new_index[self.system_idx[atom_keep]], generators=gens)
+        flags = keep.tolist()
+        gens = [g for g, k in zip(self.generators, flags) if k]
+        counts = [n for n, k in zip(self.atom_counts(), flags) if k]
+        return replace(self, **per_sys, **per_atom, system_idx=new_index[self.system_idx[atom_keep]], generators=gens,
+                       _counts=counts, _n_atoms=None, _langevin=None)
 
     def to_atoms(self, systems: Sequence[int] | None = None) -> list[Atoms]:
         """Host copies of (some) systems as ASE atoms with momenta (the only device-to-host copy).
