@@ -11,7 +11,7 @@ pytest.importorskip("chgnet")
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
 from mdxrd.calculator import _structure, load_model  # noqa: E402
-from mdxrd.crystal_graph import crystal_graph, graph_indices  # noqa: E402
+from mdxrd.crystal_graph import batch_graphs, crystal_graph, graph_indices  # noqa: E402
 
 FIELDS = ("atomic_number", "atom_frac_coord", "atom_graph", "neighbor_image", "directed2undirected",
           "undirected2directed", "bond_graph", "lattice")
@@ -86,3 +86,89 @@ def test_indices_of_a_hand_made_chain():
     assert idx["bond_graph"].shape == (0,)
     with pytest.raises(ValueError, match="two directions"):
         graph_indices(2, np.array([0]), np.array([1]), np.zeros((1, 3)), np.array([2.0]), 3.0)
+
+
+def _batch(structures):
+    """Flat batch arrays (positions, cells, numbers, n_atoms) of pymatgen structures."""
+    return (np.concatenate([s.cart_coords for s in structures]), np.stack([s.lattice.matrix for s in structures]),
+            np.concatenate([s.atomic_numbers for s in structures]), np.array([len(s) for s in structures]))
+
+
+def _assert_batch_equals_converter(converter, positions, cells, numbers, n_atoms, names):
+    graphs = batch_graphs(converter, positions, cells, numbers, n_atoms)
+    assert len(graphs) == len(cells)
+    start = np.concatenate([[0], np.cumsum(n_atoms)])
+    for k, got in enumerate(graphs):
+        sl = slice(start[k], start[k + 1])
+        expected = converter(Structure(cells[k], numbers[sl], positions[sl], coords_are_cartesian=True))
+        for field in FIELDS:
+            a, b = getattr(expected, field), getattr(got, field)
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), (names[k], field)
+        assert got.atom_frac_coord.requires_grad and got.lattice.requires_grad, names[k]
+        assert got.atom_frac_coord.is_leaf and got.lattice.is_leaf, names[k]
+        assert got.composition == expected.composition, names[k]
+        assert (got.atom_graph_cutoff, got.bond_graph_cutoff) == (expected.atom_graph_cutoff,
+                                                                 expected.bond_graph_cutoff)
+
+
+def test_batch_graphs_equal_chgnet_converter(converter):
+    # a mixed batch: Si 2x2x2 rattled, Cu fcc primitive (1 atom: its own images), NaCl, MgO, hcp Mg
+    # (no angles), a triclinic cell, compressed Si; then the same in reverse order, Si twice
+    named = list(_structures())
+    names = [n for n, _ in named] + [n for n, _ in reversed(named)]
+    structures = [s for _, s in named] + [s for _, s in reversed(named)]
+    _assert_batch_equals_converter(converter, *_batch(structures), names)
+
+
+def test_batch_graphs_of_unwrapped_and_tied_positions(converter):
+    # atoms outside the cell (as MD leaves them), and a perfect simple-cubic cell whose nearest
+    # neighbours sit exactly at the bond cutoff (3 A) and whose cell length equals the atom cutoff (6 A)
+    rng = np.random.default_rng(7)
+    lattice = Lattice.from_parameters(5.0, 6.1, 7.3, 75, 101, 112).matrix
+    names = ["unwrapped triclinic", "sc a=3", "sc a=6", "thin cell (images 3 cells away)"]
+    structures = [Structure(lattice, ["Si", "O", "O", "Na", "Cl"], rng.uniform(-1.5, 2.5, (5, 3))),
+                  Structure(Lattice.cubic(3.0), ["Si"], [[0, 0, 0]]),
+                  Structure(Lattice.cubic(6.0), ["Si", "Si"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+                  Structure(Lattice.orthorhombic(1.9, 4.7, 9.0), ["C", "C"], [[0, 0, 0], [0.5, 0.3, 0.2]])]
+    _assert_batch_equals_converter(converter, *_batch(structures), names)
+
+
+def test_batch_coordinates_are_pymatgens(converter):
+    # the fractional and Cartesian coordinates a Structure stores, to the bit: the neighbour search
+    # runs on the latter
+    from mdxrd.crystal_graph import _neighbor_lists
+
+    structures = [s for _, s in _structures()]
+    positions, cells, numbers, n_atoms = _batch(structures)
+    start = np.concatenate([[0], np.cumsum(n_atoms)])
+    frac, cart = _neighbor_lists(positions, cells, start, converter.atom_graph_cutoff)[:2]
+    for k in range(len(cells)):
+        sl = slice(start[k], start[k + 1])
+        structure = Structure(cells[k], numbers[sl], positions[sl], coords_are_cartesian=True)
+        assert np.array_equal(frac[sl], structure.frac_coords) and np.array_equal(cart[sl], structure.cart_coords)
+
+
+def test_batch_isolated_atoms_like_the_converter(converter):
+    lonely = Structure(Lattice.cubic(20.0), ["Cu", "Cu"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    alone = Structure(Lattice.cubic(15.0), ["Si"], [[0.1, 0.2, 0.3]])  # no edge at all
+    si = _rattled(bulk("Si", "diamond", a=5.43, cubic=True), 0.05, 9)
+    response = converter.on_isolated_atoms
+    try:
+        converter.set_isolated_atom_response("error")
+        with pytest.raises(ValueError, match="isolated atom"):
+            batch_graphs(converter, *_batch([si, lonely]))
+        converter.set_isolated_atom_response("ignore")
+        _assert_batch_equals_converter(converter, *_batch([si, lonely, alone, si]), ["Si", "Cu2", "Si1", "Si"])
+    finally:
+        converter.set_isolated_atom_response(response)
+
+
+def test_batch_graphs_rejects_inconsistent_input(converter):
+    positions, cells, numbers, n_atoms = _batch([_structure(bulk("Cu", "fcc", a=3.615))] * 2)
+    with pytest.raises(ValueError, match="n_atoms"):
+        batch_graphs(converter, positions, cells, numbers, n_atoms + 1)
+    with pytest.raises(ValueError, match="positions"):
+        batch_graphs(converter, positions[:, :2], cells, numbers, n_atoms)
+    with pytest.raises(ValueError, match="at least one atom"):
+        batch_graphs(converter, positions, cells, numbers, np.array([2, 0]))
+    assert batch_graphs(converter, np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros(0, int), np.zeros(0, int)) == []

@@ -15,41 +15,176 @@ network runs on a GPU. :func:`crystal_graph` derives the same index arrays from 
 neighbour list with array operations, in CHGNet's order, so the graph, and with it every
 energy, force and stress, is CHGNet's to the bit (tested against the converter on periodic
 cells with self-images, triclinic cells and rattled structures).
+
+:func:`batch_graphs` builds the graphs of many systems given as flat arrays (an MD batch) without
+pymatgen ``Structure`` objects: the coordinates pymatgen would store, pymatgen's own neighbour
+search (``find_points_in_spheres``, the function behind ``Structure.get_neighbor_list``) per
+system, then one pass of :func:`graph_indices` over the whole batch.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["crystal_graph"]
+__all__ = ["batch_graphs", "crystal_graph", "graph_indices"]
+
+# CHGNet's converter: structure.get_neighbor_list(r=atom_graph_cutoff, numerical_tol=1e-8)
+NUMERICAL_TOL = 1e-8
 
 
-def _first_occurrence(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For integer ``keys`` (n,): each entry's group index, groups numbered by first appearance,
-    and the index of each group's first appearance."""
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(first, kind="stable")  # groups in order of first appearance
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return rank[inverse], first[order]
+def _stable_argsort(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted copy and stable sorting permutation (int64) of the integer ``key`` (n,). Long int32
+    keys are sorted by torch, about 2x faster than NumPy's stable sort on one thread."""
+    if key.dtype == np.int32 and len(key) > 2**15:
+        values, order = torch.sort(torch.from_numpy(key), stable=True)
+        return values.numpy(), order.numpy()
+    order = np.argsort(key, kind="stable")
+    return key[order], order
 
 
-def _encode(columns: list[np.ndarray]) -> np.ndarray:
-    """One int64 per row of non-negative integer ``columns``, equal exactly when the rows are equal."""
-    key = np.zeros(len(columns[0]), dtype=np.int64)
-    for col in columns:
-        key = key * (int(col.max()) + 1) + col
-    return key
+def _image_codes(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """One int32 code per row of ``image`` (n, 3) (integers, as int or float), and the number of
+    codes n_codes: the code of -n is n_codes - 1 minus the code of n.
+
+    Raises
+    ------
+    ValueError
+        Images more than 100 cells away in a direction (a cell thinner than 1/100 of the cutoff)."""
+    shift = int(max(image.max(), -image.min())) if len(image) else 0
+    if shift > 100:
+        raise ValueError(f"periodic images up to {shift} cells away: a cell too thin for the cutoff")
+    base = 2 * shift + 1
+    weights = np.array([base * base, base, 1], dtype=image.dtype)
+    code = np.dot(image, weights).astype(np.int32)  # exact in float32 too: |code| < 201**3 < 2**24
+    code += shift * (base * base + base + 1)
+    return code, base**3
+
+
+def _indices(n_atoms: int, center: np.ndarray, neighbor: np.ndarray, code: np.ndarray, n_codes: int,
+             distance: np.ndarray, bond_cutoff: float) -> dict[str, np.ndarray]:
+    """The index arrays of :func:`graph_indices`, with the angles as their two directed edges.
+
+    Parameters
+    ----------
+    n_atoms, distance, bond_cutoff
+        As :func:`graph_indices`.
+    center, neighbor : numpy.ndarray
+        (n_dir,) int32 or int64.
+    code, n_codes
+        The edges' image codes (n_dir,) int32 and their number (:func:`_image_codes`).
+
+    Returns
+    -------
+    dict
+        ``directed2undirected`` (n_dir,) int32 or int64, ``undirected2directed`` (n_undir,) int64,
+        ``angle_a``, ``angle_b`` (n_angles,) int64: bond_graph row k is (center[a],
+        directed2undirected[a], a, directed2undirected[b], b) with a, b = angle_a[k], angle_b[k].
+
+    Raises
+    ------
+    ValueError
+        As :func:`graph_indices`.
+    """
+    n_dir = len(center)
+    if n_dir == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return {"directed2undirected": empty, "undirected2directed": empty, "angle_a": empty, "angle_b": empty}
+    if n_dir % 2:
+        raise ValueError(f"{n_dir} directed edges, an odd number: some undirected edges do not have exactly two "
+                         "directions")
+    index = np.int32 if n_dir < 2**31 else np.int64
+    # Undirected edges. (i, j, n) and its reverse (j, i, -n) share the key's upper bits: the lower
+    # atom, the gap to the higher one, the image seen from the lower atom (for i == j the smaller
+    # code of n and -n); the lowest bit is set on the direction that leaves the higher atom. One
+    # stable sort puts the two directions side by side: the one leaving the lower atom first (for
+    # i == j the earlier one). Edges that share the upper bits are reverses or duplicates.
+    gap = neighbor - center
+    leaves_higher = gap < 0
+    code_lower = np.where(leaves_higher, n_codes - 1 - code, code)
+    np.abs(gap, out=gap)
+    loops = np.flatnonzero(gap == 0)  # i -> i (a periodic image of the atom itself)
+    code_lower[loops] = np.minimum(code[loops], n_codes - 1 - code[loops])
+    width = int(gap.max()) + 1
+    bound = 2 * n_atoms * width * n_codes
+    if bound >= 2**62 or n_atoms * n_dir >= 2**62:
+        raise ValueError("neighbour list too large to index")
+    key = np.minimum(center, neighbor).astype(np.int32 if bound < 2**31 else np.int64)
+    key *= width
+    key += gap
+    key *= n_codes
+    key += code_lower
+    key *= 2
+    key += leaves_higher
+    sorted_key, order = _stable_argsort(key)
+    up, down = order[0::2], order[1::2]  # the two directions of each undirected edge
+    half_up, half_down = sorted_key[0::2] >> 1, sorted_key[1::2] >> 1
+    paired = half_up == half_down
+    paired[1:] &= half_up[1:] != half_down[:-1]  # no third edge with the same key
+    same_bit = np.flatnonzero(sorted_key[0::2] & 1 == sorted_key[1::2] & 1)  # self-image pairs, or duplicates
+    paired[same_bit] &= (gap[up[same_bit]] == 0) & (code[up[same_bit]] != code[down[same_bit]])
+    if not paired.all():
+        raise ValueError(f"{int(np.sum(~paired))} undirected edges do not have exactly two directions")
+    # numbered by first appearance, as Graph.add_edge numbers them
+    first, second = np.minimum(up, down), np.maximum(up, down)
+    n_undir = len(first)
+    is_first = np.zeros(n_dir, dtype=bool)
+    is_first[first] = True
+    undirected2directed = np.flatnonzero(is_first)
+    undirected = np.cumsum(is_first, dtype=index)[first]
+    undirected -= 1
+    directed2undirected = np.empty(n_dir, dtype=index)
+    directed2undirected[first] = undirected
+    directed2undirected[second] = undirected
+    second_direction = np.empty(n_undir, dtype=np.int64)
+    second_direction[undirected] = second
+
+    # Bond graph. Each atom's edges in the order Node.neighbors yields them: grouped by neighbour
+    # atom (groups in order of first appearance at that atom), in list order within a group. The
+    # sorted undirected edges come grouped by atom pair {lower, higher}; the first appearance of
+    # lower -> higher and of higher -> lower is a minimum over the group.
+    pair = half_up // n_codes
+    new = np.empty(n_undir, dtype=bool)
+    new[0] = True
+    np.not_equal(pair[1:], pair[:-1], out=new[1:])
+    group_start = np.flatnonzero(new)
+    first_up = np.minimum.reduceat(up, group_start)
+    first_down = np.minimum.reduceat(down, group_start)
+    if len(loops):  # i == j: both directions leave the same atom
+        loop = pair[group_start] % width == 0
+        first_up[loop] = first_down[loop] = np.minimum(first_up[loop], first_down[loop])
+    short = np.flatnonzero(distance < bond_cutoff)
+    sorted_position = np.empty(n_undir, dtype=index)  # of each undirected edge among the sorted pairs
+    sorted_position[undirected] = np.arange(n_undir, dtype=index)
+    short_group = np.cumsum(new, dtype=index)[sorted_position[directed2undirected[short]]]
+    short_group -= 1
+    first_seen = np.where(leaves_higher[short], first_down[short_group], first_up[short_group])
+    members = short[np.argsort(center[short] * np.int64(n_dir) + first_seen, kind="stable")]  # by atom, in order
+    starts = np.searchsorted(center[members], np.arange(n_atoms + 1))
+    # angles: for every undirected edge u no longer than r_bond (in order), its first then its
+    # second direction a, paired with every other short edge b at a's centre
+    u_short = np.flatnonzero(distance[undirected2directed] <= bond_cutoff)
+    a = np.column_stack([undirected2directed[u_short], second_direction[u_short]]).reshape(-1)
+    lo = starts[center[a]]
+    n_b = starts[center[a] + 1] - lo
+    row_a = np.repeat(a, n_b)
+    b = members[np.repeat(lo - (np.cumsum(n_b) - n_b), n_b) + np.arange(len(row_a))]
+    keep = b != row_a
+    return {"directed2undirected": directed2undirected, "undirected2directed": undirected2directed,
+            "angle_a": row_a[keep], "angle_b": b[keep]}
 
 
 def graph_indices(n_atoms: int, center: np.ndarray, neighbor: np.ndarray, image: np.ndarray,
                   distance: np.ndarray, bond_cutoff: float) -> dict[str, np.ndarray]:
     """Index arrays of CHGNet's atom and bond graphs from a neighbour list.
+
+    The edges may be those of several disjoint systems (global atom indices, each system's edges
+    together and in its own order, as :func:`batch_graphs` passes them): each system's arrays then
+    come out together, shifted by the atoms, directed and undirected edges of the systems before it.
 
     Parameters
     ----------
@@ -67,79 +202,34 @@ def graph_indices(n_atoms: int, center: np.ndarray, neighbor: np.ndarray, image:
     Returns
     -------
     dict
-        ``atom_graph`` (n_dir, 2), ``directed2undirected`` (n_dir,), ``undirected2directed``
-        (n_undir,), ``bond_graph`` (n_angles, 5) with columns (atom, undirected bond 1, directed
-        bond 1, undirected bond 2, directed bond 2; shape (0,) without angles); all int32, as
-        ``chgnet.graph.graph.Graph.adjacency_list`` and ``line_graph_adjacency_list`` return them.
+        ``atom_graph`` (n_dir, 2) (shape (0,) without edges), ``directed2undirected`` (n_dir,),
+        ``undirected2directed`` (n_undir,), ``bond_graph`` (n_angles, 5) with columns (atom,
+        undirected bond 1, directed bond 1, undirected bond 2, directed bond 2; shape (0,) without
+        angles); all int32, as ``chgnet.graph.graph.Graph.adjacency_list`` and
+        ``line_graph_adjacency_list`` return them.
 
     Raises
     ------
     ValueError
-        An edge without its reverse (the neighbour list is not symmetric).
+        An edge without its reverse, a duplicate edge or an edge from an atom to itself in the same
+        cell (the neighbour list is not symmetric); images more than 100 cells away; or more than
+        2**62 keys to index.
     """
-    center = np.asarray(center, dtype=np.int64)
-    neighbor = np.asarray(neighbor, dtype=np.int64)
-    image = np.asarray(image, dtype=np.int64).reshape(-1, 3)
-    n_dir = len(center)
-    if n_dir == 0:
-        empty = np.zeros(0, dtype=np.int32)
-        return {"atom_graph": empty.reshape(0, 2), "directed2undirected": empty, "undirected2directed": empty,
-                "bond_graph": empty}
-    # undirected edge of (i, j, n): the smaller of (i, j, n) and (j, i, -n); numbered by first
-    # appearance, as Graph.add_edge numbers them
-    shift = np.abs(image).max()
-    forward = np.column_stack([center, neighbor, image + shift])
-    backward = np.column_stack([neighbor, center, shift - image])
-    use_backward = _lex_less(backward, forward)
-    canonical = np.where(use_backward[:, None], backward, forward)
-    if n_atoms**2 * (2 * int(shift) + 1) ** 3 >= 2**62:
-        raise ValueError("neighbour list too large to index")
-    directed2undirected, undirected2directed = _first_occurrence(_encode(list(canonical.T)))
-    n_undir = len(undirected2directed)
-    counts = np.bincount(directed2undirected, minlength=n_undir)
-    if np.any(counts != 2):
-        raise ValueError(f"{int(np.sum(counts != 2))} undirected edges do not have exactly two directions")
-    # the second direction of every undirected edge
-    second = np.full(n_undir, -1, dtype=np.int64)
-    not_first = np.ones(n_dir, dtype=bool)
-    not_first[undirected2directed] = False
-    second[directed2undirected[not_first]] = np.flatnonzero(not_first)
-
-    # Bond graph. Each atom's edges in the order Node.neighbors yields them: grouped by neighbour
-    # atom (groups in order of first appearance at that atom), in list order within a group.
-    group, first_index = _first_occurrence(center * n_atoms + neighbor)
-    node_order = np.lexsort((np.arange(n_dir), first_index[group], center))
-    short = distance < bond_cutoff
-    members = node_order[short[node_order]]  # short edges, by atom, in neighbour order
-    starts = np.searchsorted(center[members], np.arange(n_atoms + 1))
-    # angles: for every undirected edge u no longer than r_bond (in order), its first then its
-    # second direction a, paired with every other short edge b at a's centre
-    u_short = np.flatnonzero(distance[undirected2directed] <= bond_cutoff)
-    a = np.column_stack([undirected2directed[u_short], second[u_short]]).reshape(-1)
-    c = center[a]
-    lo, hi = starts[c], starts[c + 1]
-    n_b = hi - lo
-    row_a = np.repeat(a, n_b)
-    offsets = np.arange(n_b.sum()) - np.repeat(np.cumsum(n_b) - n_b, n_b)
-    b = members[np.repeat(lo, n_b) + offsets]
-    keep = b != row_a
-    row_a, b = row_a[keep], b[keep]
-    bond_graph = np.column_stack([center[row_a], directed2undirected[row_a], row_a, directed2undirected[b], b])
+    center = np.asarray(center, dtype=np.int64).reshape(-1)
+    neighbor = np.asarray(neighbor, dtype=np.int64).reshape(-1)
+    code, n_codes = _image_codes(np.asarray(image, dtype=np.int64).reshape(-1, 3))
+    idx = _indices(int(n_atoms), center, neighbor, code, n_codes, np.asarray(distance, dtype=np.float64).reshape(-1),
+                   bond_cutoff)
+    d2u, a, b = idx["directed2undirected"], idx["angle_a"], idx["angle_b"]
+    bond_graph = np.column_stack([center[a], d2u[a], a, d2u[b], b]).astype(np.int32)
     return {
-        "atom_graph": np.column_stack([center, neighbor]).astype(np.int32),
-        "directed2undirected": directed2undirected.astype(np.int32),
-        "undirected2directed": undirected2directed.astype(np.int32),
+        # no edges: CHGNet's converter gives a 1-D empty tensor
+        "atom_graph": np.column_stack([center, neighbor]).astype(np.int32) if len(center) else np.zeros(0, np.int32),
+        "directed2undirected": d2u.astype(np.int32),
+        "undirected2directed": idx["undirected2directed"].astype(np.int32),
         # no angles: CHGNet's converter gives a 1-D empty tensor
-        "bond_graph": bond_graph.astype(np.int32) if len(bond_graph) else np.zeros(0, dtype=np.int32),
+        "bond_graph": bond_graph if len(bond_graph) else np.zeros(0, dtype=np.int32),
     }
-
-
-def _lex_less(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise lexicographic x < y for integer arrays (n, k)."""
-    diff = x != y
-    first = np.argmax(diff, axis=1)
-    rows = np.arange(len(x))
-    return diff[rows, first] & (x[rows, first] < y[rows, first])
 
 
 def crystal_graph(converter: Any, structure: Any) -> Any:
@@ -193,3 +283,212 @@ def crystal_graph(converter: Any, structure: Any) -> Any:
         atom_graph_cutoff=converter.atom_graph_cutoff,
         bond_graph_cutoff=converter.bond_graph_cutoff,
     )
+
+
+@lru_cache(maxsize=1024)
+def _formula(numbers: bytes) -> str:
+    """``Structure.composition.formula`` of a structure with the int64 atomic numbers ``numbers``
+    (as bytes), its elements in order of first appearance, as ``Structure.composition`` sums them."""
+    from pymatgen.core import Composition, Element
+
+    amounts: dict[Any, float] = {}
+    for z in np.frombuffer(numbers, dtype=np.int64).tolist():
+        element = Element.from_Z(z)
+        amounts[element] = amounts.get(element, 0.0) + 1.0
+    return Composition(amounts).formula
+
+
+def _neighbor_lists(positions: np.ndarray, cells: np.ndarray, atom_start: np.ndarray, cutoff: float,
+                    ) -> tuple[np.ndarray, ...]:
+    """Coordinates and neighbour list of every system, as ``Structure(cell, numbers, positions,
+    coords_are_cartesian=True).get_neighbor_list(r=cutoff, numerical_tol=1e-8)`` gives them.
+
+    The structure keeps ``frac = positions @ inv(cell)`` and the sites' Cartesian coordinates
+    ``frac @ cell`` (site by site, ``np.dot``), and searches neighbours from the latter; the same
+    NumPy/BLAS products here, one (n, 3) @ (3, 3) per system, equal to the site-by-site products
+    to the bit (tests/test_crystal_graph.py checks it with this NumPy and BLAS).
+
+    Parameters
+    ----------
+    positions : numpy.ndarray
+        (N, 3) float64 Cartesian positions, Angstrom, systems one after another.
+    cells : numpy.ndarray
+        (S, 3, 3) float64 lattice vectors as rows, Angstrom.
+    atom_start : numpy.ndarray
+        (S + 1,) int64, system k's atoms are ``atom_start[k]:atom_start[k + 1]``.
+    cutoff : float
+        Neighbour cutoff, Angstrom.
+
+    Returns
+    -------
+    frac, cart : numpy.ndarray
+        (N, 3) float64 fractional and Cartesian coordinates as pymatgen stores them.
+    center, neighbor : numpy.ndarray
+        (P,) int32 (int64 from 2**31 atoms) global atom indices, system after system, each in
+        pymatgen's order.
+    image : numpy.ndarray
+        (P, 3) float32 neighbour image (integers).
+    distance : numpy.ndarray
+        (P,) float64, Angstrom.
+    pair_start : numpy.ndarray
+        (S + 1,) int64, system k's pairs are ``pair_start[k]:pair_start[k + 1]``.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        A singular cell.
+    """
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    inverse = np.linalg.inv(cells)  # as Lattice.inv_matrix: LAPACK per matrix
+    frac = np.empty_like(positions)
+    cart = np.empty_like(positions)
+    pbc = np.ones(3, dtype=np.int64)
+    found = []
+    for k in range(len(cells)):
+        s0, s1 = int(atom_start[k]), int(atom_start[k + 1])
+        np.dot(positions[s0:s1], inverse[k], out=frac[s0:s1])
+        np.dot(frac[s0:s1], cells[k], out=cart[s0:s1])
+        sites = cart[s0:s1]
+        center, neighbor, image, distance = find_points_in_spheres(sites, sites, r=cutoff, pbc=pbc, lattice=cells[k],
+                                                                   tol=NUMERICAL_TOL)
+        # get_neighbor_list's exclude_self: an atom is not its own neighbour at distance <= numerical_tol
+        keep = np.flatnonzero((center != neighbor) | (distance > NUMERICAL_TOL))
+        center, neighbor = np.take(center, keep), np.take(neighbor, keep)
+        if s0:
+            center += s0
+            neighbor += s0
+        found.append((center, neighbor, np.take(image, keep, axis=0), np.take(distance, keep)))
+    pair_start = np.cumsum([0] + [len(f[0]) for f in found])
+    index = np.int32 if len(positions) < 2**31 else np.int64
+    center, neighbor, image, distance = (np.concatenate(column, dtype=dtype) for column, dtype in zip(
+        zip(*found), (index, index, np.float32, np.float64)))
+    return frac, cart, center, neighbor, image, distance, pair_start
+
+
+def batch_graphs(converter: Any, positions: np.ndarray, cells: np.ndarray, numbers: np.ndarray,
+                 n_atoms: np.ndarray) -> list[Any]:
+    """CHGNet's ``CrystalGraph`` of every system of a batch, each equal to ``converter(structure)``.
+
+    System k is the periodic structure ``Structure(cells[k], numbers[sl], positions[sl],
+    coords_are_cartesian=True)``, ``sl`` its atoms; its graph has the same tensors (values, order,
+    dtypes, ``requires_grad``) and composition as :func:`crystal_graph` and CHGNet's converter give
+    for that structure. The neighbour lists come from pymatgen's ``find_points_in_spheres`` (what
+    ``Structure.get_neighbor_list`` calls), system by system, on the coordinates pymatgen would
+    store; the index arrays from one pass of :func:`graph_indices`' algorithm over the whole batch.
+    A graph's index tensors and ``neighbor_image`` are views into tensors shared by the batch;
+    ``atom_frac_coord`` and ``lattice`` are leaves that require grad.
+
+    Parameters
+    ----------
+    converter : chgnet.graph.CrystalGraphConverter
+        The model's converter: its cutoffs and isolated-atom response are used.
+    positions : numpy.ndarray
+        (N, 3) float Cartesian positions, Angstrom, systems one after another.
+    cells : numpy.ndarray
+        (S, 3, 3) float lattice vectors as rows, Angstrom.
+    numbers : numpy.ndarray
+        (N,) int atomic numbers.
+    n_atoms : numpy.ndarray
+        (S,) int atoms per system, each at least 1, summing to N.
+
+    Returns
+    -------
+    list of chgnet.graph.CrystalGraph
+        S graphs on the CPU, in system order.
+
+    Raises
+    ------
+    ValueError
+        Inconsistent shapes; a system has an atom without neighbour within the atom-graph cutoff
+        and the converter's response is "error" (its message, for the first such system); or a cell
+        thinner than 1/100 of the cutoff (neighbours more than 100 cells away).
+    numpy.linalg.LinAlgError
+        A singular cell.
+    """
+    from chgnet.graph.crystalgraph import CrystalGraph  # lazy: chgnet.graph +1.2 s over torch
+    from chgnet.model.model import TORCH_DTYPE  # lazy: chgnet.model +1.7 s over torch
+
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    cells = np.ascontiguousarray(cells, dtype=np.float64)
+    numbers = np.ascontiguousarray(numbers, dtype=np.int64)
+    counts = np.asarray(n_atoms, dtype=np.int64)
+    if positions.ndim != 2 or positions.shape[1] != 3 or cells.ndim != 3 or cells.shape[1:] != (3, 3):
+        raise ValueError(f"positions {positions.shape} must be (N, 3) and cells {cells.shape} (S, 3, 3)")
+    if counts.shape != (len(cells),) or numbers.shape != (len(positions),) or int(counts.sum()) != len(positions):
+        raise ValueError(f"n_atoms {counts.shape} (sum {int(counts.sum())}) and numbers {numbers.shape} do not match "
+                         f"{len(cells)} cells and {len(positions)} positions")
+    if np.any(counts < 1):
+        raise ValueError("every system needs at least one atom")
+    n_sys = len(cells)
+    if n_sys == 0:
+        return []
+    atom_start = np.concatenate([[0], np.cumsum(counts)])
+    frac, _, center, neighbor, image, distance, dir_start = _neighbor_lists(
+        positions, cells, atom_start, float(converter.atom_graph_cutoff))
+
+    has_edge = np.zeros(len(positions), dtype=bool)
+    has_edge[center] = True
+    n_isolated = counts - np.diff(np.concatenate([[0], np.cumsum(has_edge)])[atom_start])
+    for k in np.flatnonzero(n_isolated).tolist():
+        msg = (f"Structure graph_id=None has {int(n_isolated[k])} isolated atom(s) with "
+               f"atom_graph_cutoff={converter.atom_graph_cutoff}. CHGNet calculation will likely go wrong")
+        if converter.on_isolated_atoms == "error":
+            raise ValueError(msg)
+        if converter.on_isolated_atoms == "warn":
+            print(msg, file=sys.stderr)
+
+    code, n_codes = _image_codes(image)
+    idx = _indices(len(positions), center, neighbor, code, n_codes, distance, converter.bond_graph_cutoff)
+    # each system's own numbering, int32
+    u2d = idx["undirected2directed"]
+    undir_start = np.searchsorted(u2d, dir_start)
+    n_dir, n_undir = np.diff(dir_start), np.diff(undir_start)
+    atom_offset = np.repeat(atom_start[:-1], n_dir)
+    atom_graph = np.empty((len(center), 2), dtype=np.int32)
+    np.subtract(center, atom_offset, out=atom_graph[:, 0], casting="unsafe")
+    np.subtract(neighbor, atom_offset, out=atom_graph[:, 1], casting="unsafe")
+    directed2undirected = np.empty(len(center), dtype=np.int32)
+    np.subtract(idx["directed2undirected"], np.repeat(undir_start[:-1], n_dir), out=directed2undirected,
+                casting="unsafe")
+    directed = np.arange(len(center), dtype=np.int64)
+    directed -= np.repeat(dir_start[:-1], n_dir)
+    undirected2directed = directed[u2d].astype(np.int32)
+    a, b = idx["angle_a"], idx["angle_b"]
+    bond_graph = np.empty((len(a), 5), dtype=np.int32)
+    bond_graph[:, 0] = atom_graph[a, 0]
+    bond_graph[:, 1] = directed2undirected[a]
+    bond_graph[:, 2] = directed[a]
+    bond_graph[:, 3] = directed2undirected[b]
+    bond_graph[:, 4] = directed[b]
+    # angles come system by system (a < dir_start[k] exactly for the systems before k), so the binary
+    # search finds the boundaries though a is not sorted within a system
+    n_angle = np.diff(np.searchsorted(a, dir_start))
+
+    def split(array: np.ndarray, sizes: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return torch.split(torch.from_numpy(array), sizes.tolist())
+
+    atomic_number = split(numbers.astype(np.int32), counts)
+    atom_frac_coord = torch.split(torch.from_numpy(frac).to(TORCH_DTYPE), counts.tolist())
+    lattice = torch.from_numpy(cells).to(TORCH_DTYPE)
+    image = torch.from_numpy(image).to(TORCH_DTYPE)  # integers: exact in any float type
+    graphs = zip(split(atom_graph, n_dir), torch.split(image, n_dir.tolist()), split(directed2undirected, n_dir),
+                 split(undirected2directed, n_undir), split(bond_graph, n_angle))
+    out = []
+    for k, (edges, images, d2u, u2d_k, angles) in enumerate(graphs):
+        out.append(CrystalGraph(
+            atomic_number=atomic_number[k],
+            atom_frac_coord=atom_frac_coord[k].detach().requires_grad_(),
+            atom_graph=edges if len(edges) else torch.zeros(0, dtype=torch.int32),  # as graph_indices
+            neighbor_image=images,
+            directed2undirected=d2u,
+            undirected2directed=u2d_k,
+            bond_graph=angles if len(angles) else torch.zeros(0, dtype=torch.int32),
+            lattice=lattice[k].detach().requires_grad_(),
+            graph_id=None,
+            mp_id=None,
+            composition=_formula(numbers[atom_start[k]:atom_start[k + 1]].tobytes()),
+            atom_graph_cutoff=converter.atom_graph_cutoff,
+            bond_graph_cutoff=converter.bond_graph_cutoff,
+        ))
+    return out
