@@ -181,3 +181,33 @@ def test_cuda_run_json_records_the_gpu(tmp_path):
     rec = run_md(cu_fcc(repeat=1), params, tmp_path)
     assert rec["device"] == "cuda" and rec["torch_cuda"] == torch.version.cuda
     assert rec["gpu"] == torch.cuda.get_device_name(0)
+
+
+def test_engine_model_splits_passes_to_fit_and_halves_on_out_of_memory(structures, monkeypatch):
+    """The engine's CHGNet model (md.engine torch) evaluates through the calculator's passes: a batch the free
+    memory cannot hold is split (2 of the 5 structures fit), a CUDA out-of-memory error halves it, and every
+    system's energy and forces equal the calculator's per structure."""
+    from mdxrd.engine import BatchState
+    from mdxrd.engine.models import CHGNetModel
+
+    calc = make_calculator("fast", device="cpu")
+    reference = _single(calc, structures)
+    state = BatchState.from_atoms(structures, temperature_K=300.0, timestep_fs=1.0)
+    graphs = [calculator.crystal_graph(calc.model.graph_converter, calculator._structure(a)) for a in structures]
+    need = np.array([graph_memory_bytes(g) for g in graphs])
+    calc.max_batch, calc.free_memory_bytes = None, lambda: (need[0] + need[1] + 0.5 * need[2]) / calculator.GPU_MEMORY_FRACTION
+    sizes = _recording(monkeypatch)
+    model = CHGNetModel(calc.model, calculator=calc)
+
+    def check():
+        e, f, _ = model.energy_forces_stress(state)
+        _same([{"energy": e[k].item(), "forces": x.numpy()} for k, x in
+               enumerate(torch.split(f, [len(a) for a in structures]))], reference)
+
+    check()
+    assert sizes[0] == 2 and sum(sizes) == len(structures)
+    calc.free_memory_bytes, calc._memory_budget = None, None
+    sizes.clear()
+    sizes_oom = _recording(monkeypatch, oom_above=2)
+    check()
+    assert sizes_oom == [5, 2, 2, 1] and calc.max_batch == 2

@@ -352,7 +352,30 @@ class FastCHGNetCalculator(Calculator):
             memory is redone in halves, and ``max_batch`` stays halved for later calls.
         """
         graphs = [crystal_graph(self.model.graph_converter, _structure(a)).to(self.device) for a in atoms_list]
-        results: list[dict] = []
+        return [_ase_results(e, f, s, self.stress_weight) for e, f, s in self.evaluate_graphs(graphs)]
+
+    def evaluate_graphs(self, graphs: list) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """:func:`energy_forces_stress` of crystal graphs on the model's device, in passes that fit its memory.
+
+        Each pass takes as many graphs as :meth:`_batch_length` allows; a pass that runs out of device memory
+        is redone in halves, and ``max_batch`` stays halved for later calls.
+
+        Parameters
+        ----------
+        graphs : list of chgnet.graph.CrystalGraph
+            K graphs on the model's device.
+
+        Returns
+        -------
+        list of (energy, forces, stress)
+            As :func:`energy_forces_stress`: eV, (N_k, 3) eV/Angstrom, (3, 3) GPa (CHGNet's sign).
+
+        Raises
+        ------
+        torch.cuda.OutOfMemoryError
+            Only when a single structure does not fit the device.
+        """
+        results: list = []
         start = 0
         while start < len(graphs):
             stop = start + self._batch_length(graphs[start:])
@@ -367,7 +390,7 @@ class FastCHGNetCalculator(Calculator):
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            results.extend(_ase_results(e, f, s, self.stress_weight) for e, f, s in batch)
+            results.extend(batch)
             start = stop
         return results
 

@@ -166,6 +166,8 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("supercell", pa.list_(pa.int32()), "(na, nb, nc), as given or chosen by supercell: auto"),
     ("n_atoms", pa.int32(), "atoms in the simulation cell"),
     ("device", pa.string(), "the device the MD ran on (cpu, cuda:0, ...); null for static rows"),
+    ("md_engine", pa.string(), "how the MD ran (md.engine): ase (ASE's integrators, runs in lockstep threads) or torch "
+                               "(mdxrd.engine's batched state; Langevin by BAOAB); null for static rows"),
     ("instrument", pa.string(), "name of the instrument condition (config instrument[].name)"),
     ("wavelength_A", pa.float64(), "the condition's (first) source line, Angstrom (K-alpha1 of a doublet)"),
     ("instrument_params", INSTRUMENT_PARAMS, "the condition's settings: wavelength (as configured), lines_A and "
@@ -297,6 +299,7 @@ def _run_rows(section: dict[str, Any], key: dict[str, Any], summary: dict[str, A
         "B_iso": [{"element": el, "B_A2": b, "B_sem_A2": summary["B_iso_sem_A2"][el]}
                   for el, b in summary["B_iso_A2"].items()],
         "supercell": supercell, "n_atoms": run["n_atoms"], "device": run["device"],
+        "md_engine": run.get("engine", "ase"),
     }
     ph = key.get("phonons")
     i = next((j for j, t in enumerate(ph["temperatures_K"]) if abs(float(t) - float(key["temperature_K"])) < 1e-9),

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 from ase import units
 from ase.neighborlist import primitive_neighbor_list
-from pymatgen.core import Structure
 
 from mdxrd.engine.state import BatchState
 
@@ -133,38 +132,44 @@ class LennardJonesModel:
 
 
 class CHGNetModel:
-    """CHGNet over a batch: graphs built per system on the host (:func:`mdxrd.crystal_graph.crystal_graph`),
-    one batched forward and backward pass (:func:`mdxrd.calculator.energy_forces_stress`; Deng et al.,
-    Nat. Mach. Intell. 5, 1031 (2023)).
+    """CHGNet over a batch: the crystal graphs of all systems built at once on the host
+    (:func:`mdxrd.crystal_graph.batch_graphs`, each equal to CHGNet's converter's), batched forward and
+    backward passes (:func:`mdxrd.calculator.energy_forces_stress`; Deng et al., Nat. Mach. Intell. 5, 1031
+    (2023)).
 
     Parameters
     ----------
     model : chgnet.model.model.CHGNet
         On its device (``mdxrd.calculator.load_model``).
+    calculator : mdxrd.calculator.FastCHGNetCalculator or None
+        The calculator of ``model``: its passes fit the device's memory (``evaluate_graphs``: as many
+        graphs per pass as the free GPU memory holds, halved after an out-of-memory error; one per pass
+        on the CPU) and its ``stress_weight`` converts GPa. None: one pass for the whole batch.
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, calculator=None) -> None:
         self.model = model
+        self.calculator = calculator
         self.device = next(model.parameters()).device
+        self.stress_weight = units.GPa if calculator is None else calculator.stress_weight
+        self._numbers: tuple | None = None  # (state.numbers, host copy): atomic numbers change only with the batch
 
     def energy_forces_stress(self, state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Energies (S,) eV, forces (N, 3) eV/Angstrom, stresses (S, 3, 3) eV/Angstrom^3 (ASE sign), in
         the state's dtype and device; as ``FastCHGNetCalculator`` per structure."""
         from mdxrd.calculator import energy_forces_stress
-        from mdxrd.crystal_graph import crystal_graph
+        from mdxrd.crystal_graph import batch_graphs
 
-        pos = state.positions.detach().cpu().double().numpy()
-        cells = state.cell.detach().cpu().double().numpy()
-        numbers = state.numbers.cpu().numpy()
-        counts = state.n_atoms.tolist()
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        graphs = []
-        for k, (s0, n) in enumerate(zip(starts, counts)):
-            structure = Structure(cells[k], numbers[s0:s0 + n], pos[s0:s0 + n], coords_are_cartesian=True)
-            graphs.append(crystal_graph(self.model.graph_converter, structure).to(self.device))
-        results = energy_forces_stress(self.model, graphs)
+        if self._numbers is None or self._numbers[0] is not state.numbers:
+            self._numbers = (state.numbers, state.numbers.cpu().numpy())
+        graphs = batch_graphs(self.model.graph_converter, state.positions.detach().cpu().double().numpy(),
+                              state.cell.detach().cpu().double().numpy(), self._numbers[1],
+                              np.asarray(state.atom_counts()))
+        graphs = [graph.to(self.device) for graph in graphs]
+        results = (energy_forces_stress(self.model, graphs) if self.calculator is None
+                   else self.calculator.evaluate_graphs(graphs))
         like = {"dtype": state.positions.dtype, "device": state.positions.device}
         energy = torch.tensor([e for e, _, _ in results], **like)
         forces = torch.as_tensor(np.concatenate([f for _, f, _ in results]), **like)
-        stress = torch.as_tensor(np.stack([s for _, _, s in results]) * units.GPa, **like)
+        stress = torch.as_tensor(np.stack([s for _, _, s in results]) * self.stress_weight, **like)
         return energy, forces, stress

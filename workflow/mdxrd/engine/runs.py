@@ -86,7 +86,7 @@ def engine_model(calc: Any) -> Any:
     from mdxrd.calculator import FastCHGNetCalculator
     from mdxrd.engine.models import CHGNetModel
 
-    return CHGNetModel(calc.model) if isinstance(calc, FastCHGNetCalculator) else None
+    return CHGNetModel(calc.model, calculator=calc) if isinstance(calc, FastCHGNetCalculator) else None
 
 
 @dataclass
