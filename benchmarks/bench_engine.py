@@ -135,7 +135,9 @@ def main() -> None:
         for k in (1, 64, 256):
             ms = engine_ms(k, ensemble, args.steps, args.device)
             print(f"| {name} | {k} | {ms:.4f} | {ref or float('nan'):.3f} | {(ref or float('nan')) / ms:.0f} |")
+    stage_ms(1, args.device, ase=True)  # warm-up: lazy imports (torch, chgnet) of the first run
     stage_ase = stage_ms(1, args.device, ase=True)
+    stage_ms(1, args.device)
     print("\nMD stage, host side (100 NVT-Berendsen steps, window 50, files written)")
     print("| K | engine ms per system-step | ASE path ms per run-step | ratio |")
     print("|---|---|---|---|")
