@@ -171,31 +171,28 @@ def test_a_run_that_blows_up_leaves_and_the_others_go_on(tmp_path):
         assert a["thermo"].equals(b["thermo"]) and np.array_equal(a["positions"], b["positions"])
 
 
-@pytest.fixture(scope="module")
-def chgnet_calc():
-    pytest.importorskip("chgnet")
-    from mdxrd.calculator import make_calculator
-
-    return make_calculator("fast", device="cpu")
-
-
-def test_shard_on_the_engine_with_chgnet(tmp_path, chgnet_calc):
-    """run_shard with md.engine torch: a CHGNet batch (NVT-Berendsen and NPT-Berendsen of a 16-atom Si cell, 12
-    steps after 4 pre-equilibration steps) follows the ASE path's positions to 1e-6 Angstrom; run.json names the
-    engine."""
+@pytest.mark.parametrize("potential", ["chgnet", "sevennet-0"])
+def test_shard_on_the_engine(tmp_path, potential):
+    """run_shard with md.engine torch: a batch of NVT-Berendsen and NPT-Berendsen runs of a 16-atom Si cell (12
+    steps after 4 pre-equilibration steps) with CHGNet or SevenNet-0 follows the ASE path's positions to 1e-6
+    Angstrom; run.json names the engine."""
     from ase.io import write
 
     from mdxrd.md import run_shard
+    from mdxrd.potentials import make_potential, resolve_potential
 
+    pytest.importorskip("chgnet" if potential == "chgnet" else "sevenn")
+    spec = None if potential == "chgnet" else resolve_potential(potential)
+    calc = make_potential(spec, "cpu")
     si = bulk("Si", "diamond", a=5.47, cubic=True).repeat((2, 1, 1))
     write(tmp_path / "Si.traj", si)
     base = {"temperature_K": 300.0, "timestep_fs": 2.0, "n_steps": 12, "n_equil": 4, "n_interval": 4, "device": "cpu",
-            "npt_pre_steps": 4, "checkpoint_interval": 0}
+            "npt_pre_steps": 4, "checkpoint_interval": 0, "potential": spec}
     runs = []
     for ens in ("nvt_berendsen", "npt_berendsen"):
         runs.append({"unit": "Si", "ensemble": ens, "temperature_K": 300.0, "replica": 0,
                      "params": {**base, "ensemble": ens, "engine": "torch", "seed": 3}})
-        run_md(si, MDParams(**{**base, "ensemble": ens, "seed": 3}), tmp_path / "ase" / ens, calc=chgnet_calc)
+        run_md(si, MDParams(**{**base, "ensemble": ens, "seed": 3}), tmp_path / "ase" / ens, calc=calc)
     made = run_shard({"batches": [runs]}, str(tmp_path / "{unit}.traj"),
                      str(tmp_path / "md/{unit}/{ensemble}/{temperature}K/r{replica}"), tmp_path / "manifest.json")
     assert made == 2
@@ -203,5 +200,5 @@ def test_shard_on_the_engine_with_chgnet(tmp_path, chgnet_calc):
         e, a = outputs(tmp_path / f"md/Si/{ens}/300K/r0"), outputs(tmp_path / "ase" / ens)
         assert e["run"]["engine"] == "torch" and e["run"]["runs_in_batch"] == 2
         dev = np.abs(e["positions"] - a["positions"]).max()
-        print(f"CHGNet {ens}: max deviation {dev:.2e} A")
+        print(f"{potential} {ens}: max deviation {dev:.2e} A")
         assert dev <= 1e-6

@@ -237,3 +237,24 @@ def test_a_builtin_potential_is_one_file(tmp_path, monkeypatch):
     emt_py = Path(list(importlib.util.find_spec("ase").submodule_search_locations)[0]) / "calculators" / "emt.py"
     assert entry["model_sha256"] == hashlib.sha256(emt_py.read_bytes()).hexdigest() and entry["kind"] == "toy"
     assert type(make_potential(entry)).__name__ == "EMT"
+
+
+def test_engine_torch_needs_a_potential_it_can_batch(tmp_path, monkeypatch):
+    """md.engine: torch with a generic ASE calculator (or CHGNet's stock calculator) is refused at parse time,
+    naming the key, the potentials and the allowed engines; CHGNet and SevenNet are accepted."""
+    emt = {"name": "emt", "module": "ase.calculators.emt", "class": "EMT"}
+
+    def with_md(potentials, **md):
+        monkeypatch.chdir(REPO)
+        raw = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+        raw["crystals"] = [c for c in raw["crystals"] if c["name"] == "Cu"]
+        raw["md"] = {**raw.get("md", {}), **md}
+        return validate_config({**raw, "potentials": potentials}, "c.yaml", cache_dir=tmp_path / "checked")
+
+    with pytest.raises(ConfigError, match=r"c.yaml: md.engine: torch .*generic potentials \['emt'\].*allowed engines: "
+                                          r"auto .*, ase, torch"):
+        with_md(["chgnet", emt], engine="torch")
+    with pytest.raises(ConfigError, match="calculator stock"):
+        with_md(["chgnet"], engine="torch", calculator="stock")
+    assert with_md(["chgnet", "sevennet-0"], engine="torch")["md"]["engine"] == "torch"
+    assert with_md([emt], engine="auto")["md"]["engine"] == "auto"  # auto falls back to ase

@@ -168,11 +168,12 @@ def validate_config(config: dict[str, Any], source: str = "config", cache_dir: s
     config["instrument"] = _resolve_instruments(config, source)
     config["potentials"] = _resolve_potentials(config, source)
     if md["engine"] == "torch":
-        unfit = [p["name"] for p in config["potentials"] if p["kind"] != "chgnet"]
-        if unfit or md["calculator"] != "fast" or md["npt_integrator"] != "mdxrd":
+        unfit = [p["name"] for p in config["potentials"] if p["kind"] not in ("chgnet", "sevennet")]
+        chgnet = any(p["kind"] == "chgnet" for p in config["potentials"])
+        if unfit or (chgnet and md["calculator"] != "fast") or md["npt_integrator"] != "mdxrd":
             raise ConfigError(
-                f"{source}: md.engine: torch runs CHGNet potentials (chgnet, chgnet-r2scan) with md.calculator: fast and "
-                f"md.npt_integrator: mdxrd; got potentials {unfit or 'ok'}, calculator {md['calculator']}, "
+                f"{source}: md.engine: torch runs the built-in CHGNet (with md.calculator: fast) and SevenNet potentials "
+                f"with md.npt_integrator: mdxrd; got generic potentials {unfit or 'none'}, calculator {md['calculator']}, "
                 f"npt_integrator {md['npt_integrator']}; allowed engines: auto (torch where it can run on a CUDA "
                 "device, else ase), ase, torch")
     split = config["dataset"]["split"]

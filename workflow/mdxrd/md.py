@@ -713,13 +713,14 @@ def _legacy_run(out_dir: Path, params: MDParams) -> bool:
 
 def engine_for(params: MDParams) -> str:
     """The engine that runs ``params`` (``md.engine``): "ase" or "torch"; auto is torch where the device resolves to
-    CUDA, the potential is CHGNet (kind chgnet) with the fast calculator and NPT uses one force call per step."""
+    CUDA, the potential is a built-in CHGNet (with the fast calculator) or SevenNet and NPT uses one force call per
+    step."""
     if params.engine != "auto":
         return params.engine
     from mdxrd.calculator import resolve_device  # lazy: torch and chgnet.model
 
-    chgnet = params.potential is None or params.potential.get("kind") == "chgnet"
-    fits = chgnet and params.calculator == "fast" and params.npt_integrator == "mdxrd"
+    kind = "chgnet" if params.potential is None else params.potential.get("kind")
+    fits = (kind == "sevennet" or kind == "chgnet" and params.calculator == "fast") and params.npt_integrator == "mdxrd"
     return "torch" if fits and resolve_device(params.device).startswith("cuda") else "ase"
 
 

@@ -173,3 +173,50 @@ class CHGNetModel:
         forces = torch.as_tensor(np.concatenate([f for _, f, _ in results]), **like)
         stress = torch.as_tensor(np.stack([s for _, _, s in results]) * self.stress_weight, **like)
         return energy, forces, stress
+
+
+class SevenNetModel:
+    """SevenNet over a batch: each system's graph built on the host as sevenn's ``SevenNetCalculator`` builds it
+    (``unlabeled_atoms_to_graph`` at the model's cutoff), the graphs collated into one torch_geometric batch and
+    passed through the network once (the model in sevenn's batch mode, as its TorchSim interface runs it; Park
+    et al., J. Chem. Theory Comput. 20, 4857 (2024)).
+
+    Parameters
+    ----------
+    calculator : sevenn.calculator.SevenNetCalculator
+        The potential's calculator (:func:`mdxrd.potentials.make_potential`): its model, cutoff, modal and
+        device are used; the model is switched to batch mode for a call and back after it.
+    """
+
+    def __init__(self, calculator) -> None:
+        self.calculator = calculator
+        self.device = calculator.device
+
+    def energy_forces_stress(self, state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Energies (S,) eV, forces (N, 3) eV/Angstrom, stresses (S, 3, 3) eV/Angstrom^3 (ASE sign), in the
+        state's dtype and device; as ``SevenNetCalculator`` per structure (float32 round-off)."""
+        import sevenn._keys as KEY  # lazy: sevenn imports e3nn (seconds)
+        from sevenn.atom_graph_data import AtomGraphData
+        from sevenn.train.dataload import unlabeled_atoms_to_graph
+        from torch_geometric.loader.dataloader import Collater
+
+        calc = self.calculator
+        data_list = []
+        for atoms in state.to_atoms():
+            data = AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, calc.cutoff, with_shift=False))
+            if calc.modal:
+                data[KEY.DATA_MODALITY] = calc.modal
+            data_list.append(data)
+        batch = Collater([], follow_batch=None, exclude_keys=None)(data_list)
+        batch.to(self.device)
+        calc.model.set_is_batch_data(True)
+        try:
+            out = calc.model(batch)
+        finally:
+            calc.model.set_is_batch_data(False)
+        like = {"dtype": state.positions.dtype, "device": state.positions.device}
+        xx, yy, zz, xy, yz, zx = (-out[KEY.PRED_STRESS].detach()).to(**like).unbind(1)  # sevenn's order
+        stress = torch.stack([torch.stack([xx, xy, zx], 1), torch.stack([xy, yy, yz], 1),
+                              torch.stack([zx, yz, zz], 1)], 1)
+        return (out[KEY.PRED_TOTAL_ENERGY].detach().to(**like).reshape(-1),
+                out[KEY.PRED_FORCE].detach().to(**like), stress)

@@ -79,14 +79,19 @@ def engine_model(calc: Any) -> Any:
 
     Returns
     -------
-    mdxrd.engine.models.CHGNetModel or None
+    mdxrd.engine.models.CHGNetModel, mdxrd.engine.models.SevenNetModel or None
         For mdxrd's :class:`~mdxrd.calculator.FastCHGNetCalculator` (CHGNet and CHGNet-r2SCAN with
-        ``md.calculator: fast``); None for any other calculator.
+        ``md.calculator: fast``) and sevenn's ``SevenNetCalculator`` (the SevenNet built-ins); None for any
+        other calculator.
     """
     from mdxrd.calculator import FastCHGNetCalculator
-    from mdxrd.engine.models import CHGNetModel
+    from mdxrd.engine.models import CHGNetModel, SevenNetModel
 
-    return CHGNetModel(calc.model, calculator=calc) if isinstance(calc, FastCHGNetCalculator) else None
+    if isinstance(calc, FastCHGNetCalculator):
+        return CHGNetModel(calc.model, calculator=calc)
+    if type(calc).__name__ == "SevenNetCalculator" and type(calc).__module__.startswith("sevenn"):
+        return SevenNetModel(calc)
+    return None
 
 
 @dataclass
@@ -468,7 +473,7 @@ def run_md_engine(runs: list[tuple[Any, md.MDParams, str | Path]], calc: Any | N
     Raises
     ------
     ValueError
-        The potential has no engine model (:func:`engine_model`: not mdxrd's fast CHGNet calculator), or
+        The potential has no engine model (:func:`engine_model`: not mdxrd's fast CHGNet calculator nor SevenNet), or
         a run asks for ``npt_integrator: ase``.
     """
     from mdxrd.calculator import resolve_device
@@ -482,7 +487,7 @@ def run_md_engine(runs: list[tuple[Any, md.MDParams, str | Path]], calc: Any | N
         model = engine_model(calc)
     if model is None:
         raise ValueError(f"md.engine torch: the potential's calculator {type(calc).__name__} has no batched engine "
-                         "model (CHGNet with md.calculator: fast has); use md.engine: ase")
+                         "model (CHGNet with md.calculator: fast and SevenNet have); use md.engine: ase")
     if any(p.npt_integrator != "mdxrd" for _, p, _ in runs):
         raise ValueError("md.engine torch integrates NPT with one force call per step (md.npt_integrator: mdxrd)")
     items, outcomes = [], [None] * len(runs)
