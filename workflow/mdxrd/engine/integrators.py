@@ -129,46 +129,54 @@ def advance_to_force(state: BatchState) -> BatchState:
     own generator; A. Then the centre-of-mass momentum is removed (mass-weighted, so the 3N - 3 internal
     degrees of freedom stay canonical).
 
-    ``state.forces`` and ``state.stress`` must hold the model's results at the current positions.
+    ``state.forces`` and ``state.stress`` must hold the model's results at the current positions. The parts
+    of ensembles absent from the batch are skipped (the same numbers: the kept branch is selected either way).
     """
     idx, m = state.system_idx, state.masses[:, None]
+    codes = set(state.ensemble_codes())
+    has_ber, has_lan = bool(codes - {LANGEVIN}), LANGEVIN in codes
     ber = state.ensemble != LANGEVIN
     ber_atom = ber[idx][:, None]
     dt = state.dt[idx][:, None]
-    # Berendsen thermostat
-    lam = torch.sqrt(1.0 + (state.temperature_K / state.temperature() - 1.0) * (state.dt / state.tau_T))
-    lam = torch.where(ber, lam.clamp(LAMBDA_MIN, LAMBDA_MAX), torch.ones_like(lam))
-    p = torch.where(ber_atom, _remove_com(state, state.momenta * lam[idx][:, None]), state.momenta)
-    # Berendsen barostat (kinetic stress of the scaled momenta)
-    ppm = p[:, :, None] * p[:, None, :] / state.masses[:, None, None]
-    sigma = state.stress - state.sum(ppm) / state.volume()[:, None, None]
-    mat = _cell_transform(state, sigma)
-    state.cell = torch.bmm(state.cell, mat)
-    r_old = torch.bmm(state.positions[:, None, :], mat[idx])[:, 0]
+    p = state.momenta
+    if has_ber:  # Berendsen thermostat
+        lam = torch.sqrt(1.0 + (state.temperature_K / state.temperature() - 1.0) * (state.dt / state.tau_T))
+        lam = torch.where(ber, lam.clamp(LAMBDA_MIN, LAMBDA_MAX), torch.ones_like(lam))
+        p = torch.where(ber_atom, _remove_com(state, p * lam[idx][:, None]), p)
+    r_old = state.positions
+    if NPT_BERENDSEN in codes:  # Berendsen barostat (kinetic stress of the scaled momenta)
+        ppm = p[:, :, None] * p[:, None, :] / state.masses[:, None, None]
+        sigma = state.stress - state.sum(ppm) / state.volume()[:, None, None]
+        mat = _cell_transform(state, sigma)
+        state.cell = torch.bmm(state.cell, mat)
+        r_old = torch.bmm(r_old[:, None, :], mat[idx])[:, 0]
     # first half kick
     p = p + 0.5 * dt * state.forces
-    p_ber = p - (state.sum(p) / state.n_atoms[:, None].to(p.dtype))[idx]
-    # Berendsen: drift, centre of mass moved back
-    r_ber = r_old + dt * p_ber / m
-    m_tot = state.sum(state.masses)[:, None]
-    r_ber = r_ber + ((state.sum(m * r_old) - state.sum(m * r_ber)) / m_tot)[idx]
-    # Langevin: A O A
-    r_lan = r_old + 0.5 * dt * p / m
-    lan_systems = state.langevin_systems()
-    xi = torch.zeros_like(p)
-    if lan_systems:
-        starts = state.atom_starts()
-        counts = state.atom_counts()
-        for k in lan_systems:
+    if has_ber:  # Berendsen: p -= sum p / N, drift, centre of mass moved back
+        p_ber = p - (state.sum(p) / state.n_atoms[:, None].to(p.dtype))[idx]
+        r_ber = r_old + dt * p_ber / m
+        m_tot = state.sum(state.masses)[:, None]
+        r_ber = r_ber + ((state.sum(m * r_old) - state.sum(m * r_ber)) / m_tot)[idx]
+        p_ber = _remove_com(state, p_ber)
+    if has_lan:  # Langevin: A O A
+        r_lan = r_old + 0.5 * dt * p / m
+        xi = torch.zeros_like(p)
+        starts, counts = state.atom_starts(), state.atom_counts()
+        for k in state.langevin_systems():
             g = state.generators[k]
             xi[starts[k]:starts[k] + counts[k]] = torch.randn((counts[k], 3), generator=g, dtype=p.dtype,
                                                                 device=g.device)
-    c = torch.exp(-state.gamma * state.dt)[idx][:, None]
-    kt = state.temperature_K[idx][:, None] * _KB
-    p_lan = _remove_com(state, c * p + torch.sqrt((1.0 - c * c) * m * kt) * xi)
-    r_lan = r_lan + 0.5 * dt * p_lan / m
-    state.positions = torch.where(ber_atom, r_ber, r_lan)
-    state.momenta = torch.where(ber_atom, _remove_com(state, p_ber), p_lan)
+        c = torch.exp(-state.gamma * state.dt)[idx][:, None]
+        kt = state.temperature_K[idx][:, None] * _KB
+        p_lan = _remove_com(state, c * p + torch.sqrt((1.0 - c * c) * m * kt) * xi)
+        r_lan = r_lan + 0.5 * dt * p_lan / m
+    if has_ber and has_lan:
+        state.positions = torch.where(ber_atom, r_ber, r_lan)
+        state.momenta = torch.where(ber_atom, p_ber, p_lan)
+    elif has_ber:
+        state.positions, state.momenta = r_ber, p_ber
+    else:
+        state.positions, state.momenta = r_lan, p_lan
     return state
 
 

@@ -107,7 +107,7 @@ class BatchState:
     generators: list = field(default_factory=list)
     _counts: list | None = field(default=None, repr=False)  # host caches: no device-to-host copy per step
     _n_atoms: torch.Tensor | None = field(default=None, repr=False)
-    _langevin: list | None = field(default=None, repr=False)
+    _codes: list | None = field(default=None, repr=False)
 
     @classmethod
     def from_atoms(cls, atoms_list: Sequence[Atoms], *, temperature_K: float | Sequence[float],
@@ -198,11 +198,15 @@ class BatchState:
         """Index of each system's first atom, on the host."""
         return [0, *np.cumsum(self.atom_counts())[:-1].tolist()]
 
+    def ensemble_codes(self) -> list[int]:
+        """Each system's ensemble code, on the host (cached)."""
+        if self._codes is None:
+            self._codes = self.ensemble.tolist()
+        return self._codes
+
     def langevin_systems(self) -> list[int]:
-        """Positions in the batch of the NVT-Langevin systems, on the host (cached)."""
-        if self._langevin is None:
-            self._langevin = torch.nonzero(self.ensemble == 0).flatten().tolist()
-        return self._langevin
+        """Positions in the batch of the NVT-Langevin systems (code 0), on the host."""
+        return [k for k, c in enumerate(self.ensemble_codes()) if c == 0]
 
     @property
     def n_atoms(self) -> torch.Tensor:
@@ -258,7 +262,7 @@ class BatchState:
         gens = [g for g, k in zip(self.generators, flags) if k]
         counts = [n for n, k in zip(self.atom_counts(), flags) if k]
         return replace(self, **per_sys, **per_atom, system_idx=new_index[self.system_idx[atom_keep]], generators=gens,
-                       _counts=counts, _n_atoms=None, _langevin=None)
+                       _counts=counts, _n_atoms=None, _codes=None)
 
     def to_atoms(self, systems: Sequence[int] | None = None) -> list[Atoms]:
         """Host copies of (some) systems as ASE atoms with momenta (the only device-to-host copy).
