@@ -14,6 +14,10 @@ and calling crystal_graph system by system (what CHGNetModel did before batch_gr
 3 after a warm-up call; and for K = 256 where batch_graphs' time goes: pymatgen's neighbour
 search and the coordinates (per system), the index arrays (one pass over the batch), the rest
 (per-system numbering, tensors, CrystalGraph objects).
+
+Last, for K = 64 and 256, the milliseconds per system of mdxrd.crystal_graph.batch_graphs_torch (the
+graphs built with torch on the state's device, as CHGNetModel does for a GPU state) on the CPU (one
+thread) and, when available, on CUDA (synchronised before the clock stops), median of 3 after a warm-up.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from pymatgen.core import Structure  # noqa: E402
 
 from mdxrd import crystal_graph as cg  # noqa: E402
 from mdxrd.calculator import _structure, load_model  # noqa: E402
-from mdxrd.crystal_graph import batch_graphs, crystal_graph  # noqa: E402
+from mdxrd.crystal_graph import batch_graphs, batch_graphs_torch, crystal_graph  # noqa: E402
 
 SYSTEMS = {"Si64": (bulk("Si", "diamond", a=5.4612, cubic=True), 2), "Cu32": (bulk("Cu", "fcc", a=3.6156, cubic=True), 2),
            "MgO216": (bulk("MgO", "rocksalt", a=4.2112, cubic=True), 3)}
@@ -67,6 +71,7 @@ def main() -> int:
         fast = median_ms(lambda s=structure: crystal_graph(converter, s), args.repeat)
         print(f"{name:8} {stock:20.2f} {fast:23.2f} {stock / fast:6.1f}")
     batches(converter)
+    torch_batches(converter)
     return 0
 
 
@@ -110,6 +115,26 @@ def batches(converter) -> None:
     index = median_ms(indices, 3) / 256
     print(f"K = 256 batch_graphs {total:.3f} ms/system: neighbour search and coordinates {search:.3f}, "
           f"index arrays {index:.3f}, the rest (numbering, tensors, CrystalGraph objects) {total - search - index:.3f}")
+
+
+def torch_batches(converter) -> None:
+    """Per-system ms of batch_graphs_torch for batches of Si64, on the CPU and on CUDA if available."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"\n{'Si64 batch':10} {'device':6} {'batch_graphs_torch ms/system':>29}")
+    for device in devices:
+        for k in (64, 256):
+            positions, cells, numbers, n_atoms = si64_batch(k)
+            args = (torch.from_numpy(positions).to(device), torch.from_numpy(cells).to(device),
+                    torch.from_numpy(numbers).to(device), n_atoms.tolist())
+            host = np.asarray(numbers)
+
+            def build(args=args, host=host, device=device):
+                graphs = batch_graphs_torch(converter, *args, numbers_host=host)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                return graphs
+
+            print(f"K = {k:<6} {device:6} {median_ms(build, 3) / k:29.3f}")
 
 
 if __name__ == "__main__":

@@ -190,6 +190,36 @@ def test_chgnet_batch_equals_per_structure():
         assert np.abs(a.get_forces()).max() > 0.1  # rattled: forces well above the tolerance
 
 
+
+def test_chgnet_batch_with_graphs_built_by_torch_equals_per_structure():
+    """The graphs built with torch (batch_graphs_torch, the path of a GPU state, forced on the CPU): CHGNet on
+    a mixed batch (Si 64 atoms, NaCl 8, Cu 4, rattled) equals FastCHGNetCalculator per structure: forces to
+    5e-5 eV/Angstrom (9e-6 measured: CHGNet's float32 sums over the edges in another order; in float64 the two
+    paths agree to 3e-13, tests/test_crystal_graph.py), energies to 1e-6 eV/atom, stress to 1e-6 eV/Angstrom^3."""
+    from mdxrd.calculator import FastCHGNetCalculator, load_model
+    from mdxrd.engine.models import CHGNetModel
+
+    rng = np.random.default_rng(3)
+    systems = [bulk("Si", "diamond", a=5.43, cubic=True).repeat(2), bulk("NaCl", "rocksalt", a=5.64, cubic=True),
+               bulk("Cu", "fcc", a=3.61, cubic=True)]
+    for a in systems:
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+    model = load_model("cpu")
+    state = BatchState.from_atoms(systems, temperature_K=300.0, timestep_fs=2.0)
+    engine = CHGNetModel(model, graphs_on_device=True)
+    e, f, s = engine.energy_forces_stress(state)
+    _, f_host, _ = CHGNetModel(model).energy_forces_stress(state)
+    assert not torch.equal(f, f_host)  # the torch path ran: other edge order, other rounding
+    calc = FastCHGNetCalculator(model)
+    offsets = np.cumsum([0] + [len(a) for a in systems])
+    for k, a in enumerate(systems):
+        a.calc = calc
+        assert abs(e[k].item() - a.get_potential_energy()) / len(a) < 1e-6
+        np.testing.assert_allclose(f[offsets[k]:offsets[k + 1]].numpy(), a.get_forces(), rtol=0, atol=5e-5)
+        np.testing.assert_allclose(s[k].numpy(), a.get_stress(voigt=False), rtol=0, atol=1e-6)
+        assert np.abs(a.get_forces()).max() > 0.1
+
+
 def test_sevennet_batch_equals_per_structure():
     """SevenNet-0 on a mixed batch (Si 8 atoms, NaCl 8, Cu 4, hcp Mg 2, rattled) in one collated pass equals
     sevenn's SevenNetCalculator per structure: forces to 1e-5 eV/Angstrom, energies to 1e-6 eV/atom, stress to

@@ -20,6 +20,10 @@ cells with self-images, triclinic cells and rattled structures).
 pymatgen ``Structure`` objects: the coordinates pymatgen would store, pymatgen's own neighbour
 search (``find_points_in_spheres``, the function behind ``Structure.get_neighbor_list``) per
 system, then one pass of :func:`graph_indices` over the whole batch.
+
+:func:`batch_graphs_torch` builds the same graphs, as graphs (the edges in another order), with torch
+on the tensors' device (a GPU: no copy of the positions to the host per MD step): a brute-force
+neighbour search over each cell's box of periodic images, then the undirected pairs and angles.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["batch_graphs", "crystal_graph", "graph_indices"]
+__all__ = ["batch_graphs", "batch_graphs_torch", "crystal_graph", "graph_indices"]
 
 # CHGNet's converter: structure.get_neighbor_list(r=atom_graph_cutoff, numerical_tol=1e-8)
 NUMERICAL_TOL = 1e-8
@@ -488,6 +492,300 @@ def batch_graphs(converter: Any, positions: np.ndarray, cells: np.ndarray, numbe
             graph_id=None,
             mp_id=None,
             composition=_formula(numbers[atom_start[k]:atom_start[k + 1]].tobytes()),
+            atom_graph_cutoff=converter.atom_graph_cutoff,
+            bond_graph_cutoff=converter.bond_graph_cutoff,
+        ))
+    return out
+
+
+def _shift_box(inverse: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Half-widths (S, 3) int64 of the box of lattice translations m with |m_k| <= half-width_k that
+    holds every image within ``cutoff`` of a pair of points of the cell [0, 1)^3: a Cartesian vector
+    v has fractional component k equal to v . inverse[:, k], at most |v| |inverse[:, k]| = |v| / w_k
+    (w_k the cell's width across the planes of lattice vectors other than k), and two points of the
+    cell differ by less than 1 in each fractional component, hence |m_k| < cutoff / w_k + 1.
+
+    Parameters
+    ----------
+    inverse : torch.Tensor
+        (S, 3, 3) float64 inverses of the cells (lattice vectors as rows), 1/Angstrom.
+    cutoff : float
+        Angstrom.
+    """
+    return torch.floor(cutoff * torch.linalg.vector_norm(inverse, dim=1)).to(torch.int64) + 1
+
+
+def _pairs_within(cart: torch.Tensor, cells: torch.Tensor, atom_start: list[int], counts: list[int],
+                  box: list[tuple[int, int, int]], cutoff: float, chunk: int,
+                  ) -> tuple[torch.Tensor, ...]:
+    """All (i, j, m) with |cart_j + m @ cell - cart_i| < cutoff, not (i == j and distance <= 1e-8),
+    by brute force over each system's box of translations m, systems of the same size and box together.
+
+    Parameters
+    ----------
+    cart : torch.Tensor
+        (N, 3) float64 Cartesian coordinates inside the cells (fractional coordinates in [0, 1)), Angstrom.
+    cells : torch.Tensor
+        (S, 3, 3) float64 lattice vectors as rows, Angstrom.
+    atom_start, counts : list of int
+        System k's atoms are ``atom_start[k]:atom_start[k] + counts[k]``.
+    box : list of (int, int, int)
+        Half-widths of system k's box of translations (:func:`_shift_box`).
+    cutoff : float
+        Angstrom.
+    chunk : int
+        At most this many candidates (i, j, m) at once (memory: about 40 bytes each).
+
+    Returns
+    -------
+    center, neighbor : torch.Tensor
+        (P,) int64 global atom indices, system after system, by centre atom within a system.
+    shift : torch.Tensor
+        (P, 3) int64 translations m.
+    distance : torch.Tensor
+        (P,) float64, Angstrom.
+    """
+    device = cart.device
+    groups: dict[tuple[int, tuple[int, int, int]], list[int]] = {}
+    for k, (n, half) in enumerate(zip(counts, box)):
+        groups.setdefault((n, half), []).append(k)
+    found = []
+    for (n, half), members in groups.items():
+        axes = [torch.arange(-h, h + 1, device=device) for h in half]
+        shifts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # (B, 3) int64
+        m = shifts.to(cart.dtype)
+        n_shift = len(shifts)
+        per_system = max(1, chunk // (n * n * n_shift))
+        local = torch.arange(n, device=device)
+        systems = torch.tensor(members, device=device)
+        starts = torch.tensor([atom_start[k] for k in members], device=device)
+        for c0 in range(0, len(members), per_system):
+            sys_c = systems[c0:c0 + per_system]
+            atoms = starts[c0:c0 + per_system, None] + local  # (G, n)
+            r = cart[atoms]  # (G, n, 3)
+            h = cells[sys_c]  # (G, 3, 3)
+            # m @ h term by term, in a fixed order: the translation of -m is exactly minus that of m,
+            # and the difference r_j - r_i exactly minus r_i - r_j, so (i, j, m) and (j, i, -m) have the
+            # same distance to the bit: the list is symmetric
+            t = (m[None, :, 0, None] * h[:, None, 0] + m[None, :, 1, None] * h[:, None, 1]
+                 + m[None, :, 2, None] * h[:, None, 2])  # (G, B, 3)
+            d2 = None
+            for x in range(3):  # (G, i, B, j): i, then m, then j
+                d = (r[:, None, None, :, x] - r[:, :, None, None, x]) + t[:, None, :, None, x]
+                d2 = d * d if d2 is None else d2.addcmul_(d, d)
+            within = d2 < cutoff * cutoff  # strictly within the cutoff (the square: no sqrt per candidate)
+            # not an atom itself: distance <= numerical_tol from itself (pymatgen's exclude_self)
+            zero = n_shift // 2  # m = 0, the middle of the box
+            within[:, local, zero, local] &= d2[:, local, zero, local] > NUMERICAL_TOL**2
+            flat = torch.nonzero(within.view(-1))[:, 0]  # host waits: the number found
+            distance = d2.view(-1)[flat].sqrt_()
+            j = flat % n
+            flat = flat // n
+            s = flat % n_shift
+            flat = flat // n_shift
+            i = flat % n
+            base = starts[c0:c0 + per_system][flat // n]
+            found.append((base + i, base + j, shifts[s], distance))
+    center, neighbor, shift, distance = (torch.cat(column) for column in zip(*found))
+    if len(groups) > 1:  # system after system
+        center, order = torch.sort(center, stable=True)
+        neighbor, shift, distance = neighbor[order], shift[order], distance[order]
+    return center, neighbor, shift, distance
+
+
+def batch_graphs_torch(converter: Any, positions: torch.Tensor, cells: torch.Tensor, numbers: torch.Tensor,
+                       n_atoms: list[int], numbers_host: np.ndarray | None = None, chunk: int | None = None,
+                       ) -> list[Any]:
+    """CHGNet's ``CrystalGraph`` of every system of a batch, built with torch on the tensors' device.
+
+    The same graphs as :func:`batch_graphs` (and CHGNet's converter) gives, as graphs: the same
+    directed edges (i, j, image) with the same lengths (to rounding, about 1e-15 Angstrom), each
+    undirected edge joining (i, j, n) and (j, i, -n), the same angles (pairs of different directed
+    edges a, b leaving one atom, a's undirected edge no longer than r_bond and b shorter than
+    r_bond); in another order than pymatgen's neighbour list (edges by centre atom, then image,
+    then neighbour). Energies, forces and stresses agree to float32 rounding (the sums run in
+    another order).
+
+    The neighbour search is brute force over each system's box of lattice translations covering the
+    atom cutoff (``cutoff / width + 1`` cells each way, widths across the cell's faces), on the
+    coordinates wrapped into the cell: for 64-atom cells and CHGNet's 6 Angstrom a 3x3x3 box.
+    All array work runs on the device. Host copies (each a wait for the device), all small: the
+    shift-box sizes (S x 3 integers); the sizes of arrays that depend on the data (one integer each:
+    the pairs found, once per chunk of candidates; the edges shorter than r_bond; the edges opening
+    angles; the candidate angles; the angles); the per-system counts of edges, angles and isolated
+    atoms with the count of unpaired edges (3 S + 1 integers); and ``numbers`` (N integers) only when
+    ``numbers_host`` is not given (for the compositions).
+
+    Parameters
+    ----------
+    converter : chgnet.graph.CrystalGraphConverter
+        The model's converter: its cutoffs and isolated-atom response are used.
+    positions : torch.Tensor
+        (N, 3) float Cartesian positions, Angstrom, systems one after another (any device; used in
+        float64).
+    cells : torch.Tensor
+        (S, 3, 3) float lattice vectors as rows, Angstrom, on the same device.
+    numbers : torch.Tensor
+        (N,) int atomic numbers on the same device.
+    n_atoms : list of int
+        Atoms per system (host), each at least 1, summing to N.
+    numbers_host : numpy.ndarray, optional
+        (N,) int64 host copy of ``numbers`` (for the compositions), to spare the copy.
+    chunk : int, optional
+        Candidate pairs (i, j, image) examined at once, about 40 bytes each; default 2**22 on a GPU,
+        2**20 on the CPU.
+
+    Returns
+    -------
+    list of chgnet.graph.CrystalGraph
+        S graphs on the device of ``positions``, in system order; ``atom_frac_coord`` (float32, the
+        fractional coordinates ``positions @ inv(cell)``, not wrapped) and ``lattice`` are leaves that
+        require grad; the index tensors int32, ``neighbor_image`` float32.
+
+    Raises
+    ------
+    ValueError
+        Inconsistent shapes; a system has an atom without neighbour within the atom-graph cutoff and
+        the converter's response is "error" (its message, for the first such system); a cell thinner
+        than 1/100 of the cutoff; a neighbour list not symmetric (not expected: a bug).
+    torch.linalg.LinAlgError
+        A singular cell.
+    """
+    from chgnet.graph.crystalgraph import CrystalGraph  # lazy: chgnet.graph +1.2 s over torch
+    from chgnet.model.model import TORCH_DTYPE  # lazy: chgnet.model +1.7 s over torch
+
+    counts = [int(n) for n in n_atoms]
+    if positions.ndim != 2 or positions.shape[1] != 3 or cells.ndim != 3 or tuple(cells.shape[1:]) != (3, 3):
+        raise ValueError(f"positions {tuple(positions.shape)} must be (N, 3) and cells {tuple(cells.shape)} (S, 3, 3)")
+    if len(counts) != len(cells) or tuple(numbers.shape) != (len(positions),) or sum(counts) != len(positions):
+        raise ValueError(f"n_atoms ({len(counts)} systems, sum {sum(counts)}) and numbers {tuple(numbers.shape)} do "
+                         f"not match {len(cells)} cells and {len(positions)} positions")
+    if any(n < 1 for n in counts):
+        raise ValueError("every system needs at least one atom")
+    n_sys, n_total = len(counts), len(positions)
+    if n_sys == 0:
+        return []
+    device = positions.device
+    if chunk is None:
+        chunk = 2**22 if device.type == "cuda" else 2**20
+    cutoff, bond_cutoff = float(converter.atom_graph_cutoff), float(converter.bond_graph_cutoff)
+    positions = positions.detach().to(torch.float64)
+    cells = cells.detach().to(torch.float64)
+    atom_start = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    sizes = torch.tensor(counts, device=device)
+    atom_system = torch.repeat_interleave(torch.arange(n_sys, device=device), sizes, output_size=n_total)
+
+    inverse = torch.linalg.inv(cells)
+    frac = torch.bmm(positions[:, None, :], inverse[atom_system])[:, 0]  # (N, 3), as Structure.frac_coords
+    offset = torch.floor(frac)
+    cart = torch.bmm((frac - offset)[:, None, :], cells[atom_system])[:, 0]  # wrapped into the cell
+    half = _shift_box(inverse, cutoff)
+    box = [tuple(b) for b in half.tolist()]  # host copy: S x 3 integers
+    if max(max(b) for b in box) > 101:
+        raise ValueError(f"periodic images up to {max(max(b) for b in box)} cells away: a cell too thin for the cutoff")
+    center, neighbor, shift, distance = _pairs_within(cart, cells, atom_start, counts, box, cutoff, chunk)
+    n_dir = len(center)
+    # unwrapped: r_j + n @ cell - r_i with n = m + floor(frac_i) - floor(frac_j)
+    image = shift.to(torch.float64) + offset[center] - offset[neighbor]
+
+    # Undirected edges: (i, j, m) and (j, i, -m) share the key's upper bits (lower atom, gap to the
+    # higher one, translation seen from the lower atom; for i == j the smaller code of m and -m); the
+    # lowest bit is set on the direction leaving the higher atom. Sorted, the two directions are
+    # neighbours: pairs (2u, 2u + 1), numbered u by key, so by lower atom: system after system.
+    width_m = 2 * max(max(b) for b in box) + 1
+    n_codes = width_m**3
+    code = ((shift[:, 0] + width_m // 2) * width_m + shift[:, 1] + width_m // 2) * width_m + shift[:, 2] + width_m // 2
+    gap = neighbor - center
+    leaves_higher = gap < 0
+    code_lower = torch.where(leaves_higher, n_codes - 1 - code, code)
+    code_lower = torch.where(gap == 0, torch.minimum(code, n_codes - 1 - code), code_lower)
+    width = max(counts)
+    if 2 * n_total * width * n_codes >= 2**62:
+        raise ValueError("neighbour list too large to index")
+    key = ((torch.minimum(center, neighbor) * width + gap.abs()) * n_codes + code_lower) * 2 + leaves_higher
+    sorted_key, order = torch.sort(key)
+    up, down = order[0::2], order[1::2]
+    n_undir = n_dir // 2
+    # by construction every edge has its reverse (same distance to the bit): counted, not expected
+    n_unpaired = (n_dir % 2) + ((sorted_key[0:2 * n_undir:2] >> 1) != (sorted_key[1:2 * n_undir:2] >> 1)).sum()
+    undirected = torch.arange(n_undir, device=device)
+    directed2undirected = torch.empty(n_dir, dtype=torch.int64, device=device)
+    directed2undirected[up[:n_undir]] = undirected
+    directed2undirected[down[:n_undir]] = undirected
+    undirected2directed = up[:n_undir]
+
+    # Angles: every directed edge a whose undirected edge is no longer than r_bond, with every other
+    # directed edge b shorter than r_bond leaving the same atom.
+    short = torch.nonzero(distance < bond_cutoff, as_tuple=True)[0]  # ascending: by centre atom
+    per_atom = torch.bincount(center[short], minlength=n_total)
+    first_short = torch.cumsum(per_atom, 0) - per_atom
+    a = torch.nonzero(distance[undirected2directed[directed2undirected]] <= bond_cutoff, as_tuple=True)[0]
+    n_b = per_atom[center[a]]
+    row_a = torch.repeat_interleave(a, n_b)  # host waits: the number of candidate angles
+    first_row = torch.cumsum(n_b, 0) - n_b
+    within_row = torch.arange(len(row_a), device=device)
+    within_row -= torch.repeat_interleave(first_row, n_b, output_size=len(row_a))
+    b = short[torch.repeat_interleave(first_short[center[a]], n_b, output_size=len(row_a)) + within_row]
+    keep = b != row_a
+    angle_a, angle_b = row_a[keep], b[keep]
+
+    # per-system counts and numbering
+    edge_system = atom_system[center]
+    has_edge = torch.zeros(n_total, dtype=torch.int64, device=device).index_fill_(0, center, 1)
+    per_system_dir = torch.bincount(edge_system, minlength=n_sys)
+    per_system = torch.stack([
+        per_system_dir,
+        torch.bincount(edge_system[angle_a], minlength=n_sys),
+        sizes - torch.zeros(n_sys, dtype=torch.int64, device=device).index_add_(0, atom_system, has_edge),
+    ])
+    per_system = torch.cat([per_system.reshape(-1), torch.as_tensor(n_unpaired, device=device).reshape(1)])
+    per_system = per_system.tolist()  # host copy: 3 S + 1 integers
+    if per_system[-1]:
+        raise ValueError(f"{per_system[-1]} undirected edges do not have exactly two directions")
+    dir_counts, angle_counts, n_isolated = (per_system[k * n_sys:(k + 1) * n_sys] for k in range(3))
+    for k, isolated in enumerate(n_isolated):
+        if not isolated:
+            continue
+        msg = (f"Structure graph_id=None has {isolated} isolated atom(s) with "
+               f"atom_graph_cutoff={converter.atom_graph_cutoff}. CHGNet calculation will likely go wrong")
+        if converter.on_isolated_atoms == "error":
+            raise ValueError(msg)
+        if converter.on_isolated_atoms == "warn":
+            print(msg, file=sys.stderr)
+    dir_start = torch.cumsum(per_system_dir, 0) - per_system_dir
+    atom_offset = torch.tensor(atom_start[:-1], device=device)[edge_system]
+    edge_offset = dir_start[edge_system]
+    atom_graph = torch.stack([center - atom_offset, neighbor - atom_offset], dim=1).to(torch.int32)
+    d2u_local = (directed2undirected - edge_offset // 2).to(torch.int32)
+    u2d_local = (undirected2directed - edge_offset[undirected2directed]).to(torch.int32)
+    bond_graph = torch.stack([atom_graph[angle_a, 0], d2u_local[angle_a], angle_a - edge_offset[angle_a],
+                              d2u_local[angle_b], angle_b - edge_offset[angle_b]], dim=1).to(torch.int32)
+
+    if numbers_host is None:
+        numbers_host = numbers.cpu().numpy()  # host copy (when not given): N integers
+    numbers_host = np.ascontiguousarray(numbers_host, dtype=np.int64)
+    atomic_number = torch.split(numbers.to(torch.int32), counts)
+    atom_frac_coord = torch.split(frac.to(TORCH_DTYPE), counts)
+    lattice = cells.to(TORCH_DTYPE)
+    images = torch.split(image.to(TORCH_DTYPE), dir_counts)
+    undir_counts = [n // 2 for n in dir_counts]
+    graphs = zip(torch.split(atom_graph, dir_counts), images, torch.split(d2u_local, dir_counts),
+                 torch.split(u2d_local, undir_counts), torch.split(bond_graph, angle_counts))
+    empty = torch.zeros(0, dtype=torch.int32, device=device)
+    out = []
+    for k, (edges, image_k, d2u, u2d, angles) in enumerate(graphs):
+        out.append(CrystalGraph(
+            atomic_number=atomic_number[k],
+            atom_frac_coord=atom_frac_coord[k].detach().requires_grad_(),
+            atom_graph=edges if len(edges) else empty,  # as graph_indices
+            neighbor_image=image_k,
+            directed2undirected=d2u,
+            undirected2directed=u2d,
+            bond_graph=angles if len(angles) else empty,
+            lattice=lattice[k].detach().requires_grad_(),
+            graph_id=None,
+            mp_id=None,
+            composition=_formula(numbers_host[atom_start[k]:atom_start[k + 1]].tobytes()),
             atom_graph_cutoff=converter.atom_graph_cutoff,
             bond_graph_cutoff=converter.bond_graph_cutoff,
         ))

@@ -132,10 +132,14 @@ class LennardJonesModel:
 
 
 class CHGNetModel:
-    """CHGNet over a batch: the crystal graphs of all systems built at once on the host
-    (:func:`mdxrd.crystal_graph.batch_graphs`, each equal to CHGNet's converter's), batched forward and
-    backward passes (:func:`mdxrd.calculator.energy_forces_stress`; Deng et al., Nat. Mach. Intell. 5, 1031
-    (2023)).
+    """CHGNet over a batch: the crystal graphs of all systems built at once, batched forward and backward
+    passes (:func:`mdxrd.calculator.energy_forces_stress`; Deng et al., Nat. Mach. Intell. 5, 1031 (2023)).
+
+    The graphs: for a state on the CPU on the host with NumPy and pymatgen's neighbour search
+    (:func:`mdxrd.crystal_graph.batch_graphs`, each equal to CHGNet's converter's to the bit, so the
+    results equal the ASE calculator's to the bit); for a state on another device (a GPU) with torch on
+    that device (:func:`mdxrd.crystal_graph.batch_graphs_torch`: the same graphs with the edges in another
+    order, results equal to float32 rounding), sparing the positions' copy to the host every step.
 
     Parameters
     ----------
@@ -145,11 +149,16 @@ class CHGNetModel:
         The calculator of ``model``: its passes fit the device's memory (``evaluate_graphs``: as many
         graphs per pass as the free GPU memory holds, halved after an out-of-memory error; one per pass
         on the CPU) and its ``stress_weight`` converts GPa. None: one pass for the whole batch.
+    graphs_on_device : bool or None
+        True: always build the graphs with torch on the state's device (``batch_graphs_torch``, on the CPU
+        too: for tests); False: always on the host (``batch_graphs``); None (default): with torch when the
+        state is not on the CPU.
     """
 
-    def __init__(self, model, calculator=None) -> None:
+    def __init__(self, model, calculator=None, graphs_on_device: bool | None = None) -> None:
         self.model = model
         self.calculator = calculator
+        self.graphs_on_device = graphs_on_device
         self.device = next(model.parameters()).device
         self.stress_weight = units.GPa if calculator is None else calculator.stress_weight
         self._numbers: tuple | None = None  # (state.numbers, host copy): atomic numbers change only with the batch
@@ -158,13 +167,20 @@ class CHGNetModel:
         """Energies (S,) eV, forces (N, 3) eV/Angstrom, stresses (S, 3, 3) eV/Angstrom^3 (ASE sign), in
         the state's dtype and device; as ``FastCHGNetCalculator`` per structure."""
         from mdxrd.calculator import energy_forces_stress
-        from mdxrd.crystal_graph import batch_graphs
+        from mdxrd.crystal_graph import batch_graphs, batch_graphs_torch
 
         if self._numbers is None or self._numbers[0] is not state.numbers:
             self._numbers = (state.numbers, state.numbers.cpu().numpy())
-        graphs = batch_graphs(self.model.graph_converter, state.positions.detach().cpu().double().numpy(),
-                              state.cell.detach().cpu().double().numpy(), self._numbers[1],
-                              np.asarray(state.atom_counts()))
+        on_device = (state.positions.device.type != "cpu" if self.graphs_on_device is None
+                     else self.graphs_on_device)
+        if on_device:
+            graphs = batch_graphs_torch(self.model.graph_converter, state.positions.detach(), state.cell.detach(),
+                                        state.numbers, list(state.atom_counts()),
+                                        numbers_host=self._numbers[1])
+        else:
+            graphs = batch_graphs(self.model.graph_converter, state.positions.detach().cpu().double().numpy(),
+                                  state.cell.detach().cpu().double().numpy(), self._numbers[1],
+                                  np.asarray(state.atom_counts()))
         graphs = [graph.to(self.device) for graph in graphs]
         results = (energy_forces_stress(self.model, graphs) if self.calculator is None
                    else self.calculator.evaluate_graphs(graphs))
