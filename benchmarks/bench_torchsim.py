@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import statistics
 import sys
-import time
 import types
 from importlib.metadata import version
 from pathlib import Path
@@ -49,7 +47,6 @@ import numpy as np
 import torch
 from ase import units
 from ase.build import bulk
-from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 
 def _import_torch_sim():
@@ -108,20 +105,7 @@ class TSZeroModel(ModelInterface):
                 "stress": z((state.n_systems, 3, 3))}
 
 
-def si64(seed: int):
-    a = bulk("Si", "diamond", a=5.4612, cubic=True).repeat(2)
-    thermalize_momenta(a, 600.0, rng=np.random.default_rng(seed))
-    Stationary(a)
-    return a
-
-
-def median(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from bench_engine import median, si64  # noqa: E402  (the same systems and timing as bench_engine.py)
 
 
 # --- a. integrator step ------------------------------------------------------------------------------

@@ -236,6 +236,19 @@ def graph_indices(n_atoms: int, center: np.ndarray, neighbor: np.ndarray, image:
     }
 
 
+def _isolated_atoms(converter: Any, n_isolated: int) -> None:
+    """CHGNet's converter's response to ``n_isolated`` atoms without a neighbour within the atom-graph cutoff:
+    ValueError ("error"), a message on stderr ("warn") or nothing ("ignore"), in the converter's words."""
+    if not n_isolated:
+        return
+    msg = (f"Structure graph_id=None has {n_isolated} isolated atom(s) with "
+           f"atom_graph_cutoff={converter.atom_graph_cutoff}. CHGNet calculation will likely go wrong")
+    if converter.on_isolated_atoms == "error":
+        raise ValueError(msg)
+    if converter.on_isolated_atoms == "warn":
+        print(msg, file=sys.stderr)
+
+
 def crystal_graph(converter: Any, structure: Any) -> Any:
     """CHGNet's ``CrystalGraph`` of ``structure``, equal to ``converter(structure)``.
 
@@ -265,13 +278,7 @@ def crystal_graph(converter: Any, structure: Any) -> Any:
         r=converter.atom_graph_cutoff, sites=structure.sites, numerical_tol=1e-8)
     idx = graph_indices(n_atoms, center, neighbor, image, distance, converter.bond_graph_cutoff)
     n_isolated = n_atoms - len(np.unique(center))
-    if n_isolated:
-        msg = (f"Structure graph_id=None has {n_isolated} isolated atom(s) with "
-               f"atom_graph_cutoff={converter.atom_graph_cutoff}. CHGNet calculation will likely go wrong")
-        if converter.on_isolated_atoms == "error":
-            raise ValueError(msg)
-        if converter.on_isolated_atoms == "warn":
-            print(msg, file=sys.stderr)
+    _isolated_atoms(converter, n_isolated)
     return CrystalGraph(
         atomic_number=torch.tensor(structure.atomic_numbers, dtype=torch.int32),
         atom_frac_coord=torch.tensor(structure.frac_coords, dtype=TORCH_DTYPE, requires_grad=True),
@@ -370,6 +377,33 @@ def _neighbor_lists(positions: np.ndarray, cells: np.ndarray, atom_start: np.nda
     return frac, cart, center, neighbor, image, distance, pair_start
 
 
+def _crystal_graphs(converter: Any, graphs: Any, atomic_number: Any, atom_frac_coord: Any, lattice: torch.Tensor,
+                    numbers_host: np.ndarray, atom_start: Any, empty: torch.Tensor) -> list[Any]:
+    """One chgnet ``CrystalGraph`` per system from its split tensors (``graphs``: per system the atom graph,
+    images, directed2undirected, undirected2directed, bond graph); ``atom_frac_coord`` and ``lattice`` as
+    leaves that require grad, ``empty`` for a system without edges or angles (as the converter)."""
+    from chgnet.graph.crystalgraph import CrystalGraph  # lazy: chgnet.graph +1.2 s over torch
+
+    out = []
+    for k, (edges, images, d2u, u2d, angles) in enumerate(graphs):
+        out.append(CrystalGraph(
+            atomic_number=atomic_number[k],
+            atom_frac_coord=atom_frac_coord[k].detach().requires_grad_(),
+            atom_graph=edges if len(edges) else empty,  # as graph_indices
+            neighbor_image=images,
+            directed2undirected=d2u,
+            undirected2directed=u2d,
+            bond_graph=angles if len(angles) else empty,
+            lattice=lattice[k].detach().requires_grad_(),
+            graph_id=None,
+            mp_id=None,
+            composition=_formula(numbers_host[atom_start[k]:atom_start[k + 1]].tobytes()),
+            atom_graph_cutoff=converter.atom_graph_cutoff,
+            bond_graph_cutoff=converter.bond_graph_cutoff,
+        ))
+    return out
+
+
 def batch_graphs(converter: Any, positions: np.ndarray, cells: np.ndarray, numbers: np.ndarray,
                  n_atoms: np.ndarray) -> list[Any]:
     """CHGNet's ``CrystalGraph`` of every system of a batch, each equal to ``converter(structure)``.
@@ -410,7 +444,6 @@ def batch_graphs(converter: Any, positions: np.ndarray, cells: np.ndarray, numbe
     numpy.linalg.LinAlgError
         A singular cell.
     """
-    from chgnet.graph.crystalgraph import CrystalGraph  # lazy: chgnet.graph +1.2 s over torch
     from chgnet.model.model import TORCH_DTYPE  # lazy: chgnet.model +1.7 s over torch
 
     positions = np.ascontiguousarray(positions, dtype=np.float64)
@@ -435,12 +468,7 @@ def batch_graphs(converter: Any, positions: np.ndarray, cells: np.ndarray, numbe
     has_edge[center] = True
     n_isolated = counts - np.diff(np.concatenate([[0], np.cumsum(has_edge)])[atom_start])
     for k in np.flatnonzero(n_isolated).tolist():
-        msg = (f"Structure graph_id=None has {int(n_isolated[k])} isolated atom(s) with "
-               f"atom_graph_cutoff={converter.atom_graph_cutoff}. CHGNet calculation will likely go wrong")
-        if converter.on_isolated_atoms == "error":
-            raise ValueError(msg)
-        if converter.on_isolated_atoms == "warn":
-            print(msg, file=sys.stderr)
+        _isolated_atoms(converter, int(n_isolated[k]))
 
     code, n_codes = _image_codes(image)
     idx = _indices(len(positions), center, neighbor, code, n_codes, distance, converter.bond_graph_cutoff)
@@ -478,24 +506,8 @@ def batch_graphs(converter: Any, positions: np.ndarray, cells: np.ndarray, numbe
     image = torch.from_numpy(image).to(TORCH_DTYPE)  # integers: exact in any float type
     graphs = zip(split(atom_graph, n_dir), torch.split(image, n_dir.tolist()), split(directed2undirected, n_dir),
                  split(undirected2directed, n_undir), split(bond_graph, n_angle))
-    out = []
-    for k, (edges, images, d2u, u2d_k, angles) in enumerate(graphs):
-        out.append(CrystalGraph(
-            atomic_number=atomic_number[k],
-            atom_frac_coord=atom_frac_coord[k].detach().requires_grad_(),
-            atom_graph=edges if len(edges) else torch.zeros(0, dtype=torch.int32),  # as graph_indices
-            neighbor_image=images,
-            directed2undirected=d2u,
-            undirected2directed=u2d_k,
-            bond_graph=angles if len(angles) else torch.zeros(0, dtype=torch.int32),
-            lattice=lattice[k].detach().requires_grad_(),
-            graph_id=None,
-            mp_id=None,
-            composition=_formula(numbers[atom_start[k]:atom_start[k + 1]].tobytes()),
-            atom_graph_cutoff=converter.atom_graph_cutoff,
-            bond_graph_cutoff=converter.bond_graph_cutoff,
-        ))
-    return out
+    return _crystal_graphs(converter, graphs, atomic_number, atom_frac_coord, lattice, numbers, atom_start,
+                           torch.zeros(0, dtype=torch.int32))
 
 
 def _shift_box(inverse: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -651,7 +663,6 @@ def batch_graphs_torch(converter: Any, positions: torch.Tensor, cells: torch.Ten
     torch.linalg.LinAlgError
         A singular cell.
     """
-    from chgnet.graph.crystalgraph import CrystalGraph  # lazy: chgnet.graph +1.2 s over torch
     from chgnet.model.model import TORCH_DTYPE  # lazy: chgnet.model +1.7 s over torch
 
     counts = [int(n) for n in n_atoms]
@@ -743,15 +754,8 @@ def batch_graphs_torch(converter: Any, positions: torch.Tensor, cells: torch.Ten
     if per_system[-1]:
         raise ValueError(f"{per_system[-1]} undirected edges do not have exactly two directions")
     dir_counts, angle_counts, n_isolated = (per_system[k * n_sys:(k + 1) * n_sys] for k in range(3))
-    for k, isolated in enumerate(n_isolated):
-        if not isolated:
-            continue
-        msg = (f"Structure graph_id=None has {isolated} isolated atom(s) with "
-               f"atom_graph_cutoff={converter.atom_graph_cutoff}. CHGNet calculation will likely go wrong")
-        if converter.on_isolated_atoms == "error":
-            raise ValueError(msg)
-        if converter.on_isolated_atoms == "warn":
-            print(msg, file=sys.stderr)
+    for isolated in n_isolated:
+        _isolated_atoms(converter, isolated)
     dir_start = torch.cumsum(per_system_dir, 0) - per_system_dir
     atom_offset = torch.tensor(atom_start[:-1], device=device)[edge_system]
     edge_offset = dir_start[edge_system]
@@ -771,22 +775,5 @@ def batch_graphs_torch(converter: Any, positions: torch.Tensor, cells: torch.Ten
     undir_counts = [n // 2 for n in dir_counts]
     graphs = zip(torch.split(atom_graph, dir_counts), images, torch.split(d2u_local, dir_counts),
                  torch.split(u2d_local, undir_counts), torch.split(bond_graph, angle_counts))
-    empty = torch.zeros(0, dtype=torch.int32, device=device)
-    out = []
-    for k, (edges, image_k, d2u, u2d, angles) in enumerate(graphs):
-        out.append(CrystalGraph(
-            atomic_number=atomic_number[k],
-            atom_frac_coord=atom_frac_coord[k].detach().requires_grad_(),
-            atom_graph=edges if len(edges) else empty,  # as graph_indices
-            neighbor_image=image_k,
-            directed2undirected=d2u,
-            undirected2directed=u2d,
-            bond_graph=angles if len(angles) else empty,
-            lattice=lattice[k].detach().requires_grad_(),
-            graph_id=None,
-            mp_id=None,
-            composition=_formula(numbers_host[atom_start[k]:atom_start[k + 1]].tobytes()),
-            atom_graph_cutoff=converter.atom_graph_cutoff,
-            bond_graph_cutoff=converter.bond_graph_cutoff,
-        ))
-    return out
+    return _crystal_graphs(converter, graphs, atomic_number, atom_frac_coord, lattice, numbers_host, atom_start,
+                           torch.zeros(0, dtype=torch.int32, device=device))
