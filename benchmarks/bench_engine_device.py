@@ -129,10 +129,10 @@ def timed_network(timed: list[TimedCHGNetModel]):
     wrapper that adds its time to the current ``timed[0].network_s``; restored on exit."""
     original = calculator.energy_forces_stress
 
-    def wrapper(model, graphs):
+    def wrapper(model, graphs, **kw):
         owner = timed[0]
         t = owner.clock()
-        out = original(model, graphs)
+        out = original(model, graphs, **kw)
         owner.network_s += owner.clock() - t
         return out
 

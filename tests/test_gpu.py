@@ -85,11 +85,11 @@ def _recording(monkeypatch, oom_above: int | None = None) -> list[int]:
     sizes: list[int] = []
     real = calculator.energy_forces_stress
 
-    def fake(model, graphs):
+    def fake(model, graphs, **kw):
         sizes.append(len(graphs))
         if oom_above is not None and len(graphs) > oom_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
-        return real(model, graphs)
+        return real(model, graphs, **kw)
 
     monkeypatch.setattr(calculator, "energy_forces_stress", fake)
     return sizes

@@ -35,7 +35,7 @@ import functools
 import logging
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -354,7 +354,7 @@ class FastCHGNetCalculator(Calculator):
         graphs = [crystal_graph(self.model.graph_converter, _structure(a)).to(self.device) for a in atoms_list]
         return [_ase_results(e, f, s, self.stress_weight) for e, f, s in self.evaluate_graphs(graphs)]
 
-    def evaluate_graphs(self, graphs: list) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    def evaluate_graphs(self, graphs: list, host: bool = True) -> Any:
         """:func:`energy_forces_stress` of crystal graphs on the model's device, in passes that fit its memory.
 
         Each pass takes as many graphs as :meth:`_batch_length` allows; a pass that runs out of device memory
@@ -364,11 +364,13 @@ class FastCHGNetCalculator(Calculator):
         ----------
         graphs : list of chgnet.graph.CrystalGraph
             K graphs on the model's device.
+        host : bool
+            As :func:`energy_forces_stress`; False: the passes' tensors concatenated.
 
         Returns
         -------
-        list of (energy, forces, stress)
-            As :func:`energy_forces_stress`: eV, (N_k, 3) eV/Angstrom, (3, 3) GPa (CHGNet's sign).
+        list of (energy, forces, stress), or (energies, forces, stresses) tensors
+            As :func:`energy_forces_stress`: eV, eV/Angstrom, GPa (CHGNet's sign).
 
         Raises
         ------
@@ -380,7 +382,7 @@ class FastCHGNetCalculator(Calculator):
         while start < len(graphs):
             stop = start + self._batch_length(graphs[start:])
             try:
-                batch = energy_forces_stress(self.model, graphs[start:stop])
+                batch = energy_forces_stress(self.model, graphs[start:stop], host=host)
             except torch.cuda.OutOfMemoryError:
                 if stop - start == 1:
                     raise
@@ -390,9 +392,12 @@ class FastCHGNetCalculator(Calculator):
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            results.extend(batch)
+            if host:
+                results.extend(batch)
+            else:
+                results.append(batch)
             start = stop
-        return results
+        return results if host else tuple(torch.cat(parts) for parts in zip(*results))
 
     def _batch_length(self, graphs: list) -> int:
         """How many of ``graphs`` (from the first) one pass takes: ``max_batch``, and on a GPU as many as
@@ -450,7 +455,7 @@ def _ase_results(energy: float, forces: np.ndarray, stress_gpa: np.ndarray, stre
             "stress": full_3x3_to_voigt_6_stress(stress_gpa * stress_weight)}
 
 
-def energy_forces_stress(model: CHGNet, graphs: list) -> list[tuple[float, np.ndarray, np.ndarray]]:
+def energy_forces_stress(model: CHGNet, graphs: list, host: bool = True) -> Any:
     """One CHGNet forward pass and one backward pass for a batch of crystal graphs.
 
     E_k is the model's energy of crystal k; one reverse pass of sum_k E_k gives every
@@ -463,12 +468,16 @@ def energy_forces_stress(model: CHGNet, graphs: list) -> list[tuple[float, np.nd
         The model (eval mode); its parameters are frozen for the duration of the call.
     graphs : list of chgnet.graph.CrystalGraph
         K graphs on the model's device.
+    host : bool
+        True: the results copied to the host, per graph; False: as tensors on the model's device (the
+        batched engine: no copy of the forces to the host and back every step).
 
     Returns
     -------
-    list of (energy, forces, stress)
-        Per graph: total energy in eV (float), forces in eV/Angstrom ((N_k, 3) float64),
-        stress in GPa ((3, 3) float64, CHGNet's sign convention).
+    list of (energy, forces, stress), or (energies, forces, stresses) tensors
+        host: per graph, total energy in eV (float), forces in eV/Angstrom ((N_k, 3) float64), stress in
+        GPa ((3, 3) float64, CHGNet's sign convention). Not host: energies (K,), forces (N, 3),
+        stresses (K, 3, 3), float64 on the device, the same numbers.
     """
     with torch.enable_grad(), _frozen_parameters(model), warnings.catch_warnings():
         # BatchedGraph.from_graphs builds a tensor from the strained volumes,
@@ -491,6 +500,11 @@ def energy_forces_stress(model: CHGNet, graphs: list) -> list[tuple[float, np.nd
             total, [*batched.atom_positions, *batched.strains], create_graph=False, retain_graph=False
         )
     k = len(graphs)
+    if not host:
+        per_atom = n_atoms if model.is_intensive else torch.ones_like(n_atoms)
+        stress = torch.stack(d_e_d_r[k:]) / batched.volumes.reshape(-1, 1, 1) * _EV_PER_A3_TO_GPA
+        return ((energy.detach() + comp_energy).double() * per_atom.double(),
+                (-torch.cat(d_e_d_r[:k])).detach().double(), stress.detach().double())
     # one device-to-host copy per quantity for the whole batch
     e = (energy.detach() + comp_energy).cpu().numpy()
     forces = -torch.cat(d_e_d_r[:k]).detach().cpu().numpy().astype(np.float64)

@@ -182,13 +182,10 @@ class CHGNetModel:
                                   state.cell.detach().cpu().double().numpy(), self._numbers[1],
                                   np.asarray(state.atom_counts()))
         graphs = [graph.to(self.device) for graph in graphs]
-        results = (energy_forces_stress(self.model, graphs) if self.calculator is None
-                   else self.calculator.evaluate_graphs(graphs))
+        energy, forces, stress_gpa = (energy_forces_stress(self.model, graphs, host=False) if self.calculator is None
+                                      else self.calculator.evaluate_graphs(graphs, host=False))
         like = {"dtype": state.positions.dtype, "device": state.positions.device}
-        energy = torch.tensor([e for e, _, _ in results], **like)
-        forces = torch.as_tensor(np.concatenate([f for _, f, _ in results]), **like)
-        stress = torch.as_tensor(np.stack([s for _, _, s in results]) * self.stress_weight, **like)
-        return energy, forces, stress
+        return energy.to(**like), forces.to(**like), (stress_gpa * self.stress_weight).to(**like)
 
 
 class SevenNetModel:
