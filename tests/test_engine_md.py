@@ -153,6 +153,41 @@ def test_restart_after_kill_is_bit_identical(tmp_path):
     assert all(isinstance(o, dict) for o in outcomes)
 
 
+def test_runs_join_as_others_leave_and_their_trajectories_do_not_change(tmp_path):
+    """Five runs (NVT-Langevin, NVT-Berendsen, NPT with 30 pre-equilibration steps, runs of 60 and 100 steps) with
+    room for two at a time: never more than two in a model call, each joins when one leaves, and each writes the
+    files it writes in a state holding all five, bit for bit (pair lists rebuilt every step)."""
+    atoms = argon()
+    spec = [("nvt_langevin", {"n_steps": 60}), ("npt_berendsen", {}), ("nvt_berendsen", {"seed": 8}),
+            ("nvt_langevin", {"seed": 9}), ("npt_berendsen", {"n_steps": 60, "seed": 10})]
+
+    class Watched(LennardJonesModel):
+        """LJ recording the systems of every call."""
+
+        def energy_forces_stress(self, state):
+            seen.append(state.system_id.tolist())
+            return super().energy_forces_stress(state)
+
+    def job(name, capacity):
+        runs = [(atoms, params(e, **kw), tmp_path / f"{name}{k}") for k, (e, kw) in enumerate(spec)]
+        out = run_md_engine(runs, calc=LennardJones(**LJ), model=Watched(**LJ, skin=0.0), capacity=capacity)
+        assert all(isinstance(o, dict) for o in out)
+        return out
+
+    seen: list = []
+    job("all", None)
+    assert max(map(len, seen)) == 5
+    seen.clear()
+    job("two", 2)
+    assert max(map(len, seen)) == 2 and sorted({i for ids in seen for i in ids}) == [0, 1, 2, 3, 4]
+    assert [0, 1] in seen and any(ids[0] == 1 for ids in seen)  # run 0 (60 steps) left, run 2 joined run 1
+    for k in range(len(spec)):
+        a, b = outputs(tmp_path / f"all{k}"), outputs(tmp_path / f"two{k}")
+        assert a["thermo"].equals(b["thermo"]), k
+        for key in ("positions", "cells", "velocities", "frame_forces", "frame_stress"):
+            assert np.array_equal(a[key], b[key]), (k, key)
+
+
 def test_a_run_that_blows_up_leaves_and_the_others_go_on(tmp_path):
     """A run with two atoms 0.3 Angstrom apart fails (MDError naming step 0 and the distance, as on the ASE path,
     although its temperature runs away at step 1, before the host sees step 0); the other two runs of its batch write the files of a batch without it, bit for bit."""
@@ -173,9 +208,9 @@ def test_a_run_that_blows_up_leaves_and_the_others_go_on(tmp_path):
 
 @pytest.mark.parametrize("potential", ["chgnet", "sevennet-0"])
 def test_shard_on_the_engine(tmp_path, potential):
-    """run_shard with md.engine torch: a batch of NVT-Berendsen and NPT-Berendsen runs of a 16-atom Si cell (12
-    steps after 4 pre-equilibration steps) with CHGNet or SevenNet-0 follows the ASE path's positions to 1e-6
-    Angstrom; run.json names the engine."""
+    """run_shard with md.engine torch: two batches (NVT-Berendsen, NPT-Berendsen) of a 16-atom Si cell (12 steps
+    after 4 pre-equilibration steps) with CHGNet or SevenNet-0 share one state, one run at a time, and follow
+    the ASE path's positions to 1e-6 Angstrom; run.json names the engine."""
     from ase.io import write
 
     from mdxrd.md import run_shard
@@ -193,7 +228,7 @@ def test_shard_on_the_engine(tmp_path, potential):
         runs.append({"unit": "Si", "ensemble": ens, "temperature_K": 300.0, "replica": 0,
                      "params": {**base, "ensemble": ens, "engine": "torch", "seed": 3}})
         run_md(si, MDParams(**{**base, "ensemble": ens, "seed": 3}), tmp_path / "ase" / ens, calc=calc)
-    made = run_shard({"batches": [runs]}, str(tmp_path / "{unit}.traj"),
+    made = run_shard({"batches": [runs[:1], runs[1:]]}, str(tmp_path / "{unit}.traj"),  # one state, one run at once
                      str(tmp_path / "md/{unit}/{ensemble}/{temperature}K/r{replica}"), tmp_path / "manifest.json")
     assert made == 2
     for ens in ("nvt_berendsen", "npt_berendsen"):

@@ -744,8 +744,10 @@ def run_shard(params: dict[str, Any], supercell_template: str, run_template: str
     -----
     A run is reused when its run.json carries the stamp of its parameters and start structure
     and all its files exist (a shard whose membership changed, or the rerun of a job in which a
-    run failed, runs MD only for the others). The rest run batch by batch, each batch in lockstep
-    (:func:`mdxrd.batch.run_md_batch`; alone: :func:`run_md`).
+    run failed, runs MD only for the others). With ``md.engine`` ase the rest run batch by batch, each
+    batch in lockstep (:func:`mdxrd.batch.run_md_batch`; alone: :func:`run_md`); with torch the runs of
+    consecutive batches of one potential share one batched state, at most a batch's size of them at
+    once, the next joining as one leaves (:func:`mdxrd.engine.runs.run_md_engine`).
 
     Returns
     -------
@@ -768,6 +770,7 @@ def run_shard(params: dict[str, Any], supercell_template: str, run_template: str
     entries, failures, made = [], [], 0
     structures: dict[str, tuple[Any, str]] = {}
     total = sum(len(b) for b in params["batches"])
+    groups: list[tuple[str, int, list]] = []  # (engine, capacity, todo) with consecutive torch batches merged
     for runs in params["batches"]:
         todo = []
         for run in runs:
@@ -790,10 +793,19 @@ def run_shard(params: dict[str, Any], supercell_template: str, run_template: str
             todo.append((atoms, MDParams(**run["params"]), out_dir, this_stamp, entry))
         if not todo:
             continue
-        if engine_for(todo[0][1]) == "torch":
+        engine = engine_for(todo[0][1])
+        if engine == "torch" and groups and groups[-1][0] == "torch" and \
+                groups[-1][2][0][1].potential == todo[0][1].potential:
+            # one state for the job's runs of a potential: a batch's size bounds the runs in it at once
+            groups[-1] = ("torch", max(groups[-1][1], len(runs)), groups[-1][2] + todo)
+        else:
+            groups.append((engine, len(runs), todo))
+    for engine, capacity, todo in groups:
+        if engine == "torch":
             from mdxrd.engine.runs import run_md_engine  # lazy: torch
 
-            outcomes = run_md_engine([(a, p, d) for a, p, d, _, _ in todo], stamps=[t[3] for t in todo])
+            outcomes = run_md_engine([(a, p, d) for a, p, d, _, _ in todo], stamps=[t[3] for t in todo],
+                                     capacity=capacity)
         elif len(todo) == 1:
             atoms, p, out_dir, one_stamp, entry = todo[0]
             try:

@@ -1,4 +1,4 @@
-"""The MD stage's runs on the batched engine (``md.engine: torch``): every run of a batch in one
+"""The MD stage's runs on the batched engine (``md.engine: torch``): the runs of a job in one
 :class:`~mdxrd.engine.state.BatchState`, one potential call per step for all of them.
 
 :func:`run_md_engine` takes the runs :func:`mdxrd.batch.run_md_batch` takes and writes the same files
@@ -13,7 +13,9 @@ canonical ensemble as ASE's Langevin, another noise realization).
 
 Each system keeps its own step counter (NPT runs count their pre-equilibration from
 -``npt_pre_steps``), so runs resumed from checkpoints at different steps, fresh runs and runs of other
-lengths advance together; a run leaves the state when it reaches ``n_steps``.
+lengths advance together; a run leaves the state when it reaches ``n_steps``, and with a ``capacity``
+the next queued run joins then (prepared, evaluated alone once, appended), so one state serves all
+runs of a job and the device stays full.
 
 Off the hot path: each step appends to a buffer on the device (per-system thermo scalars, and
 positions, momenta and cells only on the steps some run records; forces and stresses only on frame
@@ -179,30 +181,60 @@ def _schedule(run: _Run, step: int) -> tuple[float, float, Any]:
 
 
 class _Engine:
-    """The state, the buffer and the runs of one batch."""
+    """The state, the buffer and the runs of one job: at most ``capacity`` runs in the state; a run that finishes
+    or fails leaves it and the next queued run joins (prepared then, evaluated alone once, appended)."""
 
-    def __init__(self, runs: list[_Run], model: Any, device: str) -> None:
-        self.runs, self.model, self.device = runs, model, device
+    def __init__(self, runs: list[_Run], model: Any, device: str, calc: Any, capacity: int | None = None) -> None:
+        self.runs, self.model, self.device, self.calc = runs, model, device, calc
+        self.capacity = len(runs) if capacity is None else max(1, int(capacity))
+        self.queue = list(range(len(runs)))  # runs waiting to join, in order
         self.failures: dict[int, BaseException] = {}
         self.done: dict[int, dict[str, Any]] = {}
-        atoms = [r.atoms for r in runs]
+        self.state: BatchState | None = None
+        self.steps: list[int] = []  # per system in the state, in state order
+        self.order: list[int] = []  # run index of each system in the state
+        self.buffer: list[_Entry] = []
+
+    def _join(self) -> None:
+        """Prepare queued runs (:func:`_prepare`) up to the capacity, evaluate them, append them to the state and
+        record their start."""
+        new = []
+        while self.queue and len(self.order) + len(new) < self.capacity:
+            r = self.queue.pop(0)
+            try:
+                _prepare(self.runs[r], self.calc)
+            except Exception as err:  # noqa: BLE001 - reported per run
+                self._failed(r, err)
+                continue
+            new.append(r)
+        if not new:
+            return
+        runs = [self.runs[r] for r in new]
         p = [r.params for r in runs]
         sched = [_schedule(r, r.start) for r in runs]
-        self.state = BatchState.from_atoms(
-            atoms, temperature_K=[q.temperature_K for q in p], timestep_fs=[q.timestep_fs for q in p],
+        sub = BatchState.from_atoms(
+            [r.atoms for r in runs], temperature_K=[q.temperature_K for q in p], timestep_fs=[q.timestep_fs for q in p],
             taut_fs=[q.taut_fs for q in p], friction_per_fs=[q.friction_per_fs for q in p],
             taup_fs=[s[0] / units.fs for s in sched], compressibility_per_GPa=[s[1] * units.GPa for s in sched],
             pressure_GPa=[q.pressure_GPa for q in p], seeds=[q.seed for q in p],
             ensemble=[q.ensemble.value for q in p],
             npt_cell=[r.barostat.cell if r.barostat else "isotropic" for r in runs],
             rotations=[r.barostat.point_group if r.barostat else None for r in runs],
-            compliance=[s[2] for s in sched], device=device)
-        for g, r in zip(self.state.generators, runs):
+            compliance=[s[2] for s in sched], device=self.device)
+        sub.system_id = torch.as_tensor(new, device=sub.system_id.device)  # unique in the job (models key on it)
+        for g, r in zip(sub.generators, runs):
             if r.generator_state is not None:
                 g.set_state(r.generator_state)
-        self.steps = [r.start for r in runs]  # per system in the state, in state order
-        self.order = list(range(len(runs)))  # run index of each system in the state
-        self.buffer: list[_Entry] = []
+        evaluate(sub, self.model)
+        self._flush()  # the buffer holds the old composition
+        self.state = sub if self.state is None else self.state.concat(sub)
+        self.order += new
+        self.steps += [r.start for r in runs]
+        t0 = time.perf_counter()
+        for r in runs:
+            r.t0 = t0
+        self._append()  # the new runs' step 0 (the others: already recorded)
+        self._after_record()
 
     # ---- per step
     def _update_schedule(self) -> None:
@@ -244,14 +276,8 @@ class _Engine:
 
     def run(self) -> None:
         """Advance until every run finished or failed."""
-        st = self.state
-        evaluate(st, self.model)
-        t0 = time.perf_counter()
-        for r in self.runs:
-            r.t0 = t0
-        self._append()
-        self._after_record()
-        while self.state.n_systems:
+        self._join()
+        while self.state is not None and self.state.n_systems:
             self._update_schedule()
             advance_to_force(self.state)
             bad = unfinished(self.state)
@@ -260,7 +286,8 @@ class _Engine:
                 self._fail(bad, "positions or cell not finite after the barostat and drift (pressure coupling too "
                                 "strong: reduce md.timestep_fs or the compressibility, or raise md.taup_fs)")
                 if not self.state.n_systems:
-                    break
+                    self._join()
+                    continue
             finish_step(evaluate(self.state, self.model))
             st = self.state
             t = st.temperature()
@@ -278,6 +305,8 @@ class _Engine:
                                 f"(> {p.max_temperature_ratio:g} x target {p.temperature_K:g} K)")
                 self._fail(hot, msgs)
             self._after_record()
+            if self.queue and len(self.order) < self.capacity:
+                self._join()
 
     def _fail(self, bad: torch.Tensor, message: str | list[str]) -> None:
         """Mark the systems where ``bad`` as failed runs, copy the buffer, remove them from the state."""
@@ -447,7 +476,8 @@ class _Engine:
 
 
 def run_md_engine(runs: list[tuple[Any, md.MDParams, str | Path]], calc: Any | None = None,
-                  stamps: list[str | None] | None = None, model: Any | None = None) -> list[dict[str, Any] | BaseException]:
+                  stamps: list[str | None] | None = None, model: Any | None = None,
+                  capacity: int | None = None) -> list[dict[str, Any] | BaseException]:
     """Run K MD simulations as one batched state on ``md.device`` (module docstring).
 
     Parameters
@@ -463,6 +493,10 @@ def run_md_engine(runs: list[tuple[Any, md.MDParams, str | Path]], calc: Any | N
     model
         The engine's model (:mod:`mdxrd.engine.models`); None: :func:`engine_model` of ``calc``. ``calc``
         still serves the host-side set-up (the NPT barostat's stiffness at the start structure).
+    capacity
+        At most this many runs in the state at once (None: all); when one finishes or fails the next joins,
+        so the device stays full (runs of other lengths, NPT runs with their pre-equilibration). A run's
+        trajectory does not depend on when it joined or with whom (each system's arithmetic is its own).
 
     Returns
     -------
@@ -490,21 +524,13 @@ def run_md_engine(runs: list[tuple[Any, md.MDParams, str | Path]], calc: Any | N
                          "model (CHGNet with md.calculator: fast and SevenNet have); use md.engine: ase")
     if any(p.npt_integrator != "mdxrd" for _, p, _ in runs):
         raise ValueError("md.engine torch integrates NPT with one force call per step (md.npt_integrator: mdxrd)")
-    items, outcomes = [], [None] * len(runs)
+    items = []
     for i, (atoms, params, out_dir) in enumerate(runs):
         run = _Run(atoms.copy(), params, Path(out_dir), stamps[i] if stamps else None)
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            _prepare(run, calc)
-        except Exception as err:  # noqa: BLE001 - reported per run
-            outcomes[i] = err
-            log.error("[%s] %s", out_dir, err)
-            continue
-        items.append((i, run))
-    if items:
-        engine = _Engine([run for _, run in items], model, device)
-        engine.run()
-        for j, (i, _) in enumerate(items):
-            outcomes[i] = engine.failures.get(j) or engine.done.get(j)
+        items.append(run)
+    engine = _Engine(items, model, device, calc, capacity)
+    engine.run()
+    outcomes: list[Any] = [engine.failures.get(i) or engine.done.get(i) for i in range(len(runs))]
     log.info("%d runs on the batched engine (%s)", len(runs), device)
     return outcomes

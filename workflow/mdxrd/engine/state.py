@@ -264,6 +264,24 @@ class BatchState:
         return replace(self, **per_sys, **per_atom, system_idx=new_index[self.system_idx[atom_keep]], generators=gens,
                        _counts=counts, _n_atoms=None, _codes=None)
 
+    def concat(self, other: BatchState) -> BatchState:
+        """This batch's systems followed by ``other``'s, as a new state (``other``'s ``system_id`` kept: give
+        joining systems ids of their own). Both must be evaluated (``forces`` set) or neither.
+
+        Raises
+        ------
+        ValueError
+            One state evaluated and the other not.
+        """
+        if (self.forces is None) != (other.forces is None):
+            raise ValueError("BatchState.concat: evaluate both states or neither")
+        cat = {f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)])
+               for f in fields(self) if not f.name.startswith("_") and f.name not in ("system_idx", "generators")
+               and getattr(self, f.name) is not None}
+        return replace(self, **cat, system_idx=torch.cat([self.system_idx, other.system_idx + self.n_systems]),
+                       generators=[*self.generators, *other.generators], _counts=self.atom_counts() + other.atom_counts(),
+                       _n_atoms=None, _codes=None)
+
     def to_atoms(self, systems: Sequence[int] | None = None) -> list[Atoms]:
         """Host copies of (some) systems as ASE atoms with momenta (the only device-to-host copy).
 
