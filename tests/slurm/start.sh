@@ -48,7 +48,7 @@ mkdir -p "$STATE/munge" "$STATE/slurmctld" "$STATE/slurmd"
 chmod 711 "$STATE/munge"
 
 HOST=$(hostname -s)
-CPUS=$(nproc)
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc honours OMP_NUM_THREADS: a test run with it set to 1 would get a 1-CPU node
 MEM_MB=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 GPUS=$(grep -c '^NodeName=' "$here/gres.conf.in")
 fill() {
