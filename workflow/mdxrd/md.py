@@ -256,6 +256,10 @@ class MDParams:
                 f"= {self.n_steps - self.n_equil}"
             )
 
+    def checkpoint_due(self, step: int) -> bool:
+        """A checkpoint is written after this step: every ``checkpoint_interval`` steps, not at 0 nor the last."""
+        return bool(self.checkpoint_interval) and 0 < step < self.n_steps and step % self.checkpoint_interval == 0
+
     @property
     def sample_steps(self) -> list[int]:
         """MD steps kept as snapshots: n_equil + k n_interval for k = 1, 2, ... up to n_steps."""
@@ -521,7 +525,7 @@ class _Recorder:
             frame.info = {"step": step, "time_fs": step * params.timestep_fs}
             frame.calc = _single_point(atoms)
             records.frames.append(frame)
-        if params.checkpoint_interval and 0 < step < params.n_steps and step % params.checkpoint_interval == 0:
+        if params.checkpoint_due(step):
             self.checkpoint.save(step, atoms, self.rng, records, self.equilibration)
         if step > self.start and (step % params.progress_interval == 0 or step == params.n_steps):
             self.progress(step)
@@ -608,9 +612,6 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
     """
     import torch  # lazy: torch 1.3 s; not in envs/base.yaml, and loaded by every mdxrd command
 
-    # lazy: imports torch and chgnet.model (3.2 s); not in envs/base.yaml
-    from mdxrd.calculator import device_info, resolve_device
-
     torch.set_num_threads(params.threads)
     out_dir = Path(out_dir)
     atoms = atoms.copy()
@@ -652,25 +653,45 @@ def run_md(atoms: Any, params: MDParams, out_dir: str | Path, calc: Any | None =
     wall = time.perf_counter() - recorder.t0
     log.info("%s %g K: %d steps of %d atoms in %.1f s (%.3f s/step)", params.ensemble.value,
              params.temperature_K, params.n_steps - start, n, wall, wall / max(1, params.n_steps - start))
+    return finish_run(out_dir, params, records, n_atoms=n, wall_s=wall, start=start,
+                      calculator=getattr(atoms.calc, "calculator_name", type(atoms.calc).__name__), engine="ase",
+                      runs_in_batch=getattr(atoms.calc, "batch_size", 1), equilibration=equilibration, stamp=stamp)
+
+
+def finish_run(out_dir: Path, params: MDParams, records: _Records, *, n_atoms: int, wall_s: float, start: int,
+               calculator: str, engine: str, runs_in_batch: int, equilibration: dict[str, Any],
+               stamp: str | None) -> dict[str, Any]:
+    """Write a finished run's files (:func:`_write_outputs`) and then its run.json, remove its checkpoint.
+
+    Both engines end a run here (:func:`run_md`, :mod:`mdxrd.engine.runs`). ``start`` is the step the run
+    (re)started from (>= 0), ``wall_s`` its wall time since then. Returns the run.json record: parameters,
+    atoms, device (with torch's CUDA version and the GPU model), threads, timing, calculator, engine, runs
+    sharing the batch, potential, equilibration figures and the stamp.
+    """
+    from mdxrd.calculator import device_info, resolve_device  # lazy: torch and chgnet.model
+
+    import torch  # lazy: torch 1.3 s
+
     _write_outputs(out_dir, params, records)
+    device = resolve_device(params.device)
     record = {
         "params": {**asdict(params), "ensemble": params.ensemble.value},
-        "n_atoms": n,
-        "device": resolve_device(params.device),
-        **device_info(resolve_device(params.device)),  # torch_cuda (torch.version.cuda), gpu (model name)
+        "n_atoms": n_atoms,
+        "device": device,
+        **device_info(device),  # torch_cuda (torch.version.cuda), gpu (model name)
         "torch_threads": torch.get_num_threads(),
-        "wall_s": wall,
-        "s_per_step": wall / max(1, params.n_steps - start),
+        "wall_s": wall_s,
+        "s_per_step": wall_s / max(1, params.n_steps - start),
         "resumed_from_step": start,
-        "calculator": getattr(atoms.calc, "calculator_name", type(atoms.calc).__name__),
-        "engine": "ase",
-        "runs_in_batch": getattr(atoms.calc, "batch_size", 1),
+        "calculator": calculator,
+        "engine": engine,
+        "runs_in_batch": runs_in_batch,
         "potential": params.potential["name"] if params.potential else DEFAULT_POTENTIAL,
         "equilibration": equilibration,
         "stamp": stamp,
     }
     write_json(out_dir / "run.json", record)
-    checkpoint.path.unlink(missing_ok=True)
+    (out_dir / "checkpoint.pkl").unlink(missing_ok=True)
     return record
 
 

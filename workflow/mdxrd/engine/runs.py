@@ -56,8 +56,7 @@ from mdxrd import md
 from mdxrd.engine.integrators import advance_to_force, evaluate, finish_step
 from mdxrd.engine.runner import unfinished
 from mdxrd.engine.state import BatchState
-from mdxrd.io import atomic_path, write_json
-from mdxrd.potentials import DEFAULT as DEFAULT_POTENTIAL
+from mdxrd.io import atomic_path
 from mdxrd.potentials import make_potential
 
 log = logging.getLogger("mdxrd.md")
@@ -121,7 +120,7 @@ class _Run:
 @dataclass
 class _Entry:
     """What one step leaves in the device buffer: the runs in the state (host), their step numbers (host), per
-    system (S, 6) thermo scalars, and when some run records them, positions, momenta, cells, forces, energies,
+    system (S, 5) thermo scalars, and when some run records them, positions, momenta, cells, forces, energies,
     stresses."""
 
     runs: list[int]
@@ -194,6 +193,7 @@ class _Engine:
         self.steps: list[int] = []  # per system in the state, in state order
         self.order: list[int] = []  # run index of each system in the state
         self.buffer: list[_Entry] = []
+        self._limit: tuple[list[int], torch.Tensor] | None = None  # (order, T_max) of _t_max
 
     def _join(self) -> None:
         """Prepare queued runs (:func:`_prepare`) up to the capacity, evaluate them, append them to the state and
@@ -254,19 +254,27 @@ class _Engine:
             st.compliance = st.compliance.index_put((t_idx,), torch.as_tensor(np.stack([c for _, c in tensor_rows]),
                                                                                **like))
 
+    def _t_max(self) -> torch.Tensor:
+        """(S,) runaway temperature of each system, ``max_temperature_ratio`` x T0, K (built once per composition)."""
+        if self._limit is None or self._limit[0] != self.order:
+            ratio = torch.as_tensor([self.runs[r].params.max_temperature_ratio for r in self.order],
+                                    dtype=self.state.temperature_K.dtype, device=self.state.temperature_K.device)
+            self._limit = (list(self.order), self.state.temperature_K * ratio)
+        return self._limit[1]
+
     def _scalars(self) -> torch.Tensor:
-        """(S, 6): E_pot, E_kin (eV), T (K), P with the kinetic term (GPa), volume (Angstrom^3), max |F|."""
+        """(S, 5): E_pot, E_kin (eV), T (K), P with the kinetic term (GPa), volume (Angstrom^3)."""
         st = self.state
         e_kin = st.kinetic_energy()
         sigma = st.stress + st.kinetic_stress()
         pressure = -torch.diagonal(sigma, dim1=1, dim2=2).sum(1) / 3.0 / units.GPa
-        return torch.stack([st.energy, e_kin, st.temperature(), pressure, st.volume(), st.temperature_K], 1)
+        return torch.stack([st.energy, e_kin, st.temperature(), pressure, st.volume()], 1)
 
     def _append(self) -> None:
         runs = [self.runs[r] for r in self.order]
         need_pos = any(s >= 0 and (s >= r.params.n_equil or s in r.frame_steps or s % md.DISTANCE_CHECK_INTERVAL == 0
-                                   or (r.params.checkpoint_interval and s % r.params.checkpoint_interval == 0)
-                                   or s == r.params.n_steps) and s > r.recorded for r, s in zip(runs, self.steps))
+                                   or r.params.checkpoint_due(s) or s == r.params.n_steps) and s > r.recorded
+                       for r, s in zip(runs, self.steps))
         need_frame = any(s in r.frame_steps and s > r.recorded for r, s in zip(runs, self.steps))
         st = self.state
         self.buffer.append(_Entry(list(self.order), list(self.steps), self._scalars(),
@@ -291,8 +299,7 @@ class _Engine:
             finish_step(evaluate(self.state, self.model))
             st = self.state
             t = st.temperature()
-            hot = ~torch.isfinite(st.energy) | ~torch.isfinite(t) | (t > st.temperature_K * torch.as_tensor(
-                [self.runs[r].params.max_temperature_ratio for r in self.order], dtype=t.dtype, device=t.device))
+            hot = ~torch.isfinite(st.energy) | ~torch.isfinite(t) | (t > self._t_max())
             self._append()
             if bool(hot.any()):
                 vals = torch.stack([st.energy, t], 1)[hot].cpu().tolist()
@@ -336,12 +343,8 @@ class _Engine:
     def _after_record(self) -> None:
         """Copy the buffer when a run reached a checkpoint step, its end or the end of pre-equilibration, or the
         buffer is full; write those checkpoints and outputs; drop finished runs."""
-        due = False
-        for r, s in zip(self.order, self.steps):
-            p = self.runs[r].params
-            if s == p.n_steps or s == 0 and self.runs[r].start < 0 or \
-                    (p.checkpoint_interval and 0 < s < p.n_steps and s % p.checkpoint_interval == 0):
-                due = True
+        due = any(s == run.params.n_steps or s == 0 and run.start < 0 or run.params.checkpoint_due(s)
+                  for run, s in zip((self.runs[r] for r in self.order), self.steps))
         if not due and len(self.buffer) < FLUSH_STEPS:
             return
         self._flush()
@@ -352,7 +355,7 @@ class _Engine:
                 continue
             if s == p.n_steps:
                 self._finish(r)
-            elif p.checkpoint_interval and 0 < s < p.n_steps and s % p.checkpoint_interval == 0 and s > run.start:
+            elif run.params.checkpoint_due(s) and s > run.start:
                 self._checkpoint(k, r, s)
         self._remove()
 
@@ -397,7 +400,7 @@ class _Engine:
         """The ASE path's recorder (:class:`mdxrd.md._Recorder`) for one run and step, from host copies."""
         p, rec = run.params, run.records
         run.recorded = step
-        e_pot, e_kin, temp, pressure, volume = (float(x) for x in sc[:5])
+        e_pot, e_kin, temp, pressure, volume = (float(x) for x in sc)
         if step == 0 and run.start < 0:  # end of the NPT pre-equilibration
             v0 = float(abs(np.linalg.det(run.atoms.cell.array)))
             run.equilibration.update({"pre_volume_change": volume / v0 - 1.0, "pre_end_T_K": temp})
@@ -445,34 +448,15 @@ class _Engine:
             pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _finish(self, r: int) -> None:
-        from mdxrd.calculator import device_info
-
         run = self.runs[r]
         p = run.params
+        start = max(run.start, 0)
         wall = time.perf_counter() - run.t0
-        done = p.n_steps - max(run.start, 0)
-        md._write_outputs(run.out_dir, p, run.records)
-        record = {
-            "params": {**asdict(p), "ensemble": p.ensemble.value},
-            "n_atoms": len(run.atoms),
-            "device": self.device,
-            **device_info(self.device),
-            "torch_threads": torch.get_num_threads(),
-            "wall_s": wall,
-            "s_per_step": wall / max(1, done),
-            "resumed_from_step": max(run.start, 0),
-            "calculator": f"{type(run.atoms.calc).__name__} (mdxrd.engine)",
-            "engine": "torch",
-            "runs_in_batch": len(self.runs),
-            "potential": p.potential["name"] if p.potential else DEFAULT_POTENTIAL,
-            "equilibration": run.equilibration,
-            "stamp": run.stamp,
-        }
-        write_json(run.out_dir / "run.json", record)
-        (run.out_dir / "checkpoint.pkl").unlink(missing_ok=True)
-        self.done[r] = record
+        self.done[r] = md.finish_run(run.out_dir, p, run.records, n_atoms=len(run.atoms), wall_s=wall, start=start,
+                                     calculator=f"{type(run.atoms.calc).__name__} (mdxrd.engine)", engine="torch",
+                                     runs_in_batch=len(self.runs), equilibration=run.equilibration, stamp=run.stamp)
         log.info("[%s] %s %g K: %d steps of %d atoms in %.1f s (%.3f s/step)", run.out_dir, p.ensemble.value,
-                 p.temperature_K, done, len(run.atoms), wall, wall / max(1, done))
+                 p.temperature_K, p.n_steps - start, len(run.atoms), wall, wall / max(1, p.n_steps - start))
 
 
 def run_md_engine(runs: list[tuple[Any, md.MDParams, str | Path]], calc: Any | None = None,
