@@ -88,12 +88,6 @@ def _strain(v: torch.Tensor) -> torch.Tensor:
                         torch.stack([xz / 2, yz / 2, zz], 1)], 1)
 
 
-def _remove_com(state: BatchState, p: torch.Tensor) -> torch.Tensor:
-    """p_i - m_i P / M per system (ASE's ``FixCom.adjust_momenta``)."""
-    v_com = state.sum(p) / state.sum(state.masses)[:, None]
-    return p - state.masses[:, None] * v_com[state.system_idx]
-
-
 def _cell_transform(state: BatchState, sigma: torch.Tensor) -> torch.Tensor:
     """(S, 3, 3) matrix M of one barostat step (cell ``h <- h M``, positions ``r <- r M``); the identity
     for NVT systems, NaN where the coupling is too strong (volume factor <= 0, or a strain >= 0.5).
@@ -142,11 +136,10 @@ def advance_to_force(state: BatchState) -> BatchState:
     if has_ber:  # Berendsen thermostat
         lam = torch.sqrt(1.0 + (state.temperature_K / state.temperature() - 1.0) * (state.dt / state.tau_T))
         lam = torch.where(ber, lam.clamp(LAMBDA_MIN, LAMBDA_MAX), torch.ones_like(lam))
-        p = torch.where(ber_atom, _remove_com(state, p * lam[idx][:, None]), p)
+        p = torch.where(ber_atom, state.com_free(p * lam[idx][:, None]), p)
     r_old = state.positions
     if NPT_BERENDSEN in codes:  # Berendsen barostat (kinetic stress of the scaled momenta)
-        ppm = p[:, :, None] * p[:, None, :] / state.masses[:, None, None]
-        sigma = state.stress - state.sum(ppm) / state.volume()[:, None, None]
+        sigma = state.stress + state.kinetic_stress(p)
         mat = _cell_transform(state, sigma)
         state.cell = torch.bmm(state.cell, mat)
         r_old = torch.bmm(r_old[:, None, :], mat[idx])[:, 0]
@@ -157,7 +150,7 @@ def advance_to_force(state: BatchState) -> BatchState:
         r_ber = r_old + dt * p_ber / m
         m_tot = state.sum(state.masses)[:, None]
         r_ber = r_ber + ((state.sum(m * r_old) - state.sum(m * r_ber)) / m_tot)[idx]
-        p_ber = _remove_com(state, p_ber)
+        p_ber = state.com_free(p_ber)
     if has_lan:  # Langevin: A O A
         r_lan = r_old + 0.5 * dt * p / m
         xi = torch.zeros_like(p)
@@ -168,7 +161,7 @@ def advance_to_force(state: BatchState) -> BatchState:
                                                                 device=g.device)
         c = torch.exp(-state.gamma * state.dt)[idx][:, None]
         kt = state.temperature_K[idx][:, None] * _KB
-        p_lan = _remove_com(state, c * p + torch.sqrt((1.0 - c * c) * m * kt) * xi)
+        p_lan = state.com_free(c * p + torch.sqrt((1.0 - c * c) * m * kt) * xi)
         r_lan = r_lan + 0.5 * dt * p_lan / m
     if has_ber and has_lan:
         state.positions = torch.where(ber_atom, r_ber, r_lan)
@@ -184,7 +177,7 @@ def finish_step(state: BatchState) -> BatchState:
     """The part of a step after its model call: ``p += (dt/2) F`` at the new positions, centre-of-mass
     momentum removed (every ensemble)."""
     dt = state.dt[state.system_idx][:, None]
-    state.momenta = _remove_com(state, state.momenta + 0.5 * dt * state.forces)
+    state.momenta = state.com_free(state.momenta + 0.5 * dt * state.forces)
     return state
 
 

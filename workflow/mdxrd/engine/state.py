@@ -236,16 +236,19 @@ class BatchState:
         Understanding Molecular Simulation, 2nd ed. (2002), eq. 4.1.2 with 3N - 3 degrees of freedom)."""
         return 2.0 * self.kinetic_energy() / (self.degrees_of_freedom() * units.kB)
 
-    def kinetic_stress(self) -> torch.Tensor:
+    def kinetic_stress(self, momenta: torch.Tensor | None = None) -> torch.Tensor:
         """(S, 3, 3) ideal-gas stress -sum_i p_i p_i^T / (m_i V), eV/Angstrom^3 (ASE's
-        ``Atoms.get_kinetic_stress``; Allen & Tildesley, Computer Simulation of Liquids (2017), eq. 2.61)."""
-        ppm = self.momenta[:, :, None] * self.momenta[:, None, :] / self.masses[:, None, None]
+        ``Atoms.get_kinetic_stress``; Allen & Tildesley, Computer Simulation of Liquids (2017), eq. 2.61), of
+        ``momenta`` (N, 3) or the state's."""
+        p = self.momenta if momenta is None else momenta
+        ppm = p[:, :, None] * p[:, None, :] / self.masses[:, None, None]
         return -self.sum(ppm) / self.volume()[:, None, None]
 
-    def remove_com_momentum(self) -> None:
-        """Zero each system's centre-of-mass velocity: p_i -= m_i P / M (ASE's ``FixCom.adjust_momenta``)."""
-        v_com = self.sum(self.momenta) / self.sum(self.masses)[:, None]
-        self.momenta = self.momenta - self.masses[:, None] * v_com[self.system_idx]
+    def com_free(self, momenta: torch.Tensor) -> torch.Tensor:
+        """``momenta`` (N, 3) with each system's centre-of-mass velocity removed: p_i - m_i P / M (ASE's
+        ``FixCom.adjust_momenta``)."""
+        v_com = self.sum(momenta) / self.sum(self.masses)[:, None]
+        return momenta - self.masses[:, None] * v_com[self.system_idx]
 
     def select(self, keep: torch.Tensor) -> BatchState:
         """The systems where ``keep`` (S,) bool is True, as a new state (tensors indexed, not shared)."""
